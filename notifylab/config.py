@@ -1,0 +1,154 @@
+"""Every setting notifylab reads, in one place.
+
+Settings come from ``NOTIFYLAB_*`` environment variables over defaults, and the
+command line (``notifylab serve --port 8082``) over both. Nothing else in the
+package reads ``os.environ``: pass a :class:`Settings` down instead.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+DEFAULT_STATIC_DIR = PACKAGE_DIR.parent / "frontend" / "dist"
+
+
+class ConfigError(ValueError):
+    """A setting has a value notifylab cannot use; the message names it."""
+
+
+def _bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(f"not a boolean: {text!r}")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The configuration of one notifylab process (server or worker).
+
+    Build it with :meth:`from_env`; override single values with
+    :meth:`replace`. ``secret`` is hidden from ``repr`` so that logging the
+    settings never leaks it.
+    """
+
+    broker_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    host: str = "127.0.0.1"
+    port: int = 8081
+    instance_id: str = ""
+    # Keys the HMAC that turns a cookie into a Redis key, so a copy of Redis
+    # holds no usable session. Every instance must share it.
+    secret: str = field(default="notifylab-lab-secret-change-me", repr=False)
+    routing: str = "topic"
+    prefix: str = "notifylab"
+    static_dir: str = str(DEFAULT_STATIC_DIR)
+    log_level: str = "INFO"
+    worker_concurrency: int = 2
+    max_attempts: int = 3
+    session_ttl: int = 7 * 24 * 3600
+    cookie_secure: bool = False
+    inbox_max: int = 1000
+
+    ENV_NAMES = {  # field -> environment variable
+        "broker_url": "NOTIFYLAB_BROKER_URL",
+        "redis_url": "NOTIFYLAB_REDIS_URL",
+        "host": "NOTIFYLAB_HOST",
+        "port": "NOTIFYLAB_PORT",
+        "instance_id": "NOTIFYLAB_INSTANCE_ID",
+        "secret": "NOTIFYLAB_SECRET",
+        "routing": "NOTIFYLAB_ROUTING",
+        "prefix": "NOTIFYLAB_PREFIX",
+        "static_dir": "NOTIFYLAB_STATIC_DIR",
+        "log_level": "NOTIFYLAB_LOG_LEVEL",
+        "worker_concurrency": "NOTIFYLAB_WORKER_CONCURRENCY",
+        "max_attempts": "NOTIFYLAB_MAX_ATTEMPTS",
+        "session_ttl": "NOTIFYLAB_SESSION_TTL",
+        "cookie_secure": "NOTIFYLAB_COOKIE_SECURE",
+        "inbox_max": "NOTIFYLAB_INBOX_MAX",
+    }
+
+    def __post_init__(self) -> None:
+        if self.routing not in {"topic", "fanout"}:
+            raise ConfigError(
+                f"NOTIFYLAB_ROUTING must be 'topic' or 'fanout', not {self.routing!r}")
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"NOTIFYLAB_PORT must be 1-65535, not {self.port}")
+        if self.worker_concurrency < 1 or self.max_attempts < 1:
+            raise ConfigError("worker concurrency and max attempts must be at least 1")
+        if not self.prefix.replace("-", "").replace("_", "").isalnum():
+            raise ConfigError(f"NOTIFYLAB_PREFIX must be letters, digits, - or _, not {self.prefix!r}")
+        if self.memory != (self.broker_url.startswith("memory://") and self.redis_url.startswith("memory://")):
+            raise ConfigError(
+                "the embedded mode needs both NOTIFYLAB_BROKER_URL and NOTIFYLAB_REDIS_URL "
+                "set to memory:// (one in-memory part cannot be shared with real ones)")
+        # Frozen dataclasses need object.__setattr__ for derived defaults.
+        if not self.instance_id:
+            object.__setattr__(self, "instance_id", f"{socket.gethostname()}-{self.port}")
+
+    @property
+    def memory(self) -> bool:
+        """True in the embedded single-process mode (``memory://`` URLs)."""
+        return self.broker_url.startswith("memory://") or self.redis_url.startswith("memory://")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
+        """Read ``NOTIFYLAB_*`` from ``environ`` (default ``os.environ``);
+        keyword ``overrides`` that are not None win over the environment."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            name = cls.ENV_NAMES.get(f.name)
+            if name and name in environ:
+                values[f.name] = _cast(f, name, environ[name])
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> "Settings":
+        """A copy with some values changed."""
+        return dataclasses.replace(self, **changes)
+
+    # Names on the broker and in Redis, derived from the prefix so that a test
+    # run (or a second lab) can share one RabbitMQ and one Redis with others.
+    @property
+    def events_exchange(self) -> str:
+        return f"{self.prefix}.events"
+
+    @property
+    def fanout_exchange(self) -> str:
+        return f"{self.prefix}.fanout"
+
+    @property
+    def jobs_queue(self) -> str:
+        return f"{self.prefix}.jobs"
+
+    @property
+    def dead_queue(self) -> str:
+        return f"{self.prefix}.jobs.dead"
+
+    def instance_queue(self, instance_id: str | None = None) -> str:
+        return f"{self.prefix}.instance.{instance_id or self.instance_id}"
+
+    def key(self, *parts: str) -> str:
+        """A Redis key under the prefix: ``key('inbox', 'ann')`` is
+        ``notifylab:inbox:ann``."""
+        return ":".join((self.prefix, *parts))
+
+
+def _cast(f: dataclasses.Field, env_name: str, raw: str) -> Any:
+    kind = f.type if isinstance(f.type, str) else f.type.__name__
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "bool":
+            return _bool(raw)
+    except ValueError:
+        raise ConfigError(f"{env_name}={raw!r} is not a valid {kind}") from None
+    return raw

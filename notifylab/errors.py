@@ -1,0 +1,41 @@
+"""The errors notifylab raises on purpose, each with a message meant for the user."""
+from __future__ import annotations
+
+
+class NotifylabError(Exception):
+    """Base class: ``str(error)`` is safe to show to whoever caused it."""
+
+    status = 400
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+    def as_dict(self) -> dict:
+        body = {"error": self.message}
+        if self.field:
+            body["field"] = self.field
+        return body
+
+
+class BadRequest(NotifylabError):
+    """Malformed or out-of-range input."""
+
+
+class Unauthorized(NotifylabError):
+    status = 401
+
+
+class NotFound(NotifylabError):
+    status = 404
+
+
+class Conflict(NotifylabError):
+    status = 409
+
+
+class ServiceUnavailable(NotifylabError):
+    """RabbitMQ or Redis cannot be reached; the message names the URL."""
+
+    status = 503

@@ -1,0 +1,127 @@
+"""Delivering a user's notifications to the sockets on one instance.
+
+The guarantee: every socket sees every notification of its user once, in
+stream order, with no gap, whether it arrived live or was missed while the
+socket was away. Three facts make that work:
+
+1. Bind before reading. When the first socket of a user arrives, the feed
+   binds the instance's queue to the user's routing key, THEN reads the
+   stream's newest id as its cursor. Anything appended after that read is
+   published after the bind, so it arrives live; anything before it is in
+   the stream, so it is replayed. Nothing falls between.
+2. A cursor per user. The feed remembers the last id it emitted to the
+   user's room; a notification at or before the cursor is a duplicate.
+3. ``prev``. Each notification names the id that preceded it in the stream.
+   If ``prev`` is not the cursor, something was missed (a publish lost while
+   RabbitMQ restarted, a worker killed between append and publish, two
+   workers publishing out of order) and the feed reads the gap from the
+   stream before going on.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from typing import Awaitable, Callable
+
+import socketio
+
+from .inbox import Inbox, id_after, public
+from .metrics import Metrics
+from .routing import user_room
+
+log = logging.getLogger(__name__)
+
+
+class Feed:
+    def __init__(self, sio: socketio.AsyncServer, inbox: Inbox, metrics: Metrics):
+        self.sio = sio
+        self.inbox = inbox
+        self.metrics = metrics
+        self.cursors: dict[str, str] = {}  # user -> last id emitted to the user's room here
+        self.members: dict[str, set[str]] = {}  # user -> sids on this instance
+        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+
+    @property
+    def manager(self):
+        return self.sio.manager
+
+    def users(self) -> list[str]:
+        return list(self.members)
+
+    async def attach(self, sid: str, user: str, last_id: str | None,
+                     before_replay: Callable[[str], Awaitable[None]] | None = None) -> int:
+        """Put socket ``sid`` in its user's room, first replaying what it
+        missed after ``last_id`` (None: nothing to replay). ``before_replay``
+        is awaited with the cursor before any notification is sent.
+        Returns how many notifications were replayed."""
+        async with self._locks[user]:
+            if not self.manager.is_connected(sid, "/"):
+                return 0  # it left before we got here; detach has run already
+            if user not in self.members:
+                await self.manager.subscribe(user)  # 1. bind ...
+                self.cursors[user] = await self.inbox.last_id(user)  # ... then read
+                self.members[user] = set()
+            cursor = self.cursors[user]
+            self.members[user].add(sid)
+            if before_replay is not None:
+                await before_replay(cursor)
+            replayed = 0
+            if last_id is not None and id_after(cursor, last_id):
+                for note in await self.inbox.after(user, last_id, upto=cursor):
+                    await self.sio.emit("notification", public(note), to=sid, ignore_queue=True)
+                    replayed += 1
+                self.metrics.replayed.inc(replayed)
+            await self.sio.enter_room(sid, user_room(user))
+            return replayed
+
+    async def detach(self, sid: str, user: str) -> None:
+        """Forget socket ``sid``; unbind the user when it was the last one."""
+        async with self._locks[user]:
+            members = self.members.get(user)
+            if members is None:
+                return
+            members.discard(sid)
+            if not members:
+                del self.members[user], self.cursors[user]
+                await self.manager.unsubscribe(user)
+
+    async def receive(self, note: dict) -> None:
+        """A notification arrived from the bus (or from this process)."""
+        user = note.get("user")
+        if user not in self.members:
+            self.metrics.not_local.inc()
+            return
+        async with self._locks[user]:
+            cursor = self.cursors.get(user)
+            if cursor is None:  # the last socket left while we waited
+                return
+            if not id_after(note["id"], cursor):
+                self.metrics.duplicates.inc()
+                return
+            if note.get("prev") == cursor:
+                batch = [note]
+            else:  # 3. a gap: the stream has what we missed, in order
+                self.metrics.gaps.inc()
+                batch = await self.inbox.after(user, cursor)
+            await self._emit(user, batch)
+
+    async def catch_up(self) -> None:
+        """Read every local user's stream past its cursor: run after the bus
+        reconnected, when publishes may have been lost meanwhile."""
+        for user in self.users():
+            async with self._locks[user]:
+                if user in self.cursors:
+                    batch = await self.inbox.after(user, self.cursors[user])
+                    if batch:
+                        self.metrics.gaps.inc()
+                        await self._emit(user, batch)
+
+    async def _emit(self, user: str, batch: list[dict]) -> None:
+        room = user_room(user)
+        for note in batch:
+            await self.sio.emit("notification", public(note), room=room, ignore_queue=True)
+            self.cursors[user] = note["id"]
+            self.metrics.delivered.inc(len(self.members[user]))
+            self.metrics.latency.observe(max(0.0, time.time() - note["ts"] / 1000))

@@ -1,0 +1,125 @@
+"""Each user's notification inbox: a capped Redis Stream.
+
+The stream id *is* the notification id. Redis makes ids strictly increasing
+per stream, so "what did I miss since X" is one XRANGE, and any two
+notifications of a user compare by id. Each appended notification also
+carries ``prev``, the id that was last before it: an instance that receives a
+notification whose ``prev`` is not the last one it delivered knows it missed
+something, and reads the gap from the stream (see ``feed.py``).
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+from redis.exceptions import WatchError
+
+from .config import Settings
+
+ZERO = "0-0"
+
+
+def parse_id(text: object) -> tuple[int, int] | None:
+    """``"1732512345678-3"`` -> (1732512345678, 3); None if not a stream id."""
+    if not isinstance(text, str) or text.count("-") != 1:
+        return None
+    ms, _, seq = text.partition("-")
+    if not (ms.isdigit() and seq.isdigit()):
+        return None
+    return int(ms), int(seq)
+
+
+def id_after(a: str, b: str) -> bool:
+    """True if stream id ``a`` comes after ``b``."""
+    return parse_id(a) > parse_id(b)
+
+
+class Inbox:
+    """``<prefix>:inbox:<user>`` (the stream) and ``<prefix>:read:<user>``
+    (the id up to which the user has read)."""
+
+    def __init__(self, redis: Redis, settings: Settings):
+        self.redis = redis
+        self.settings = settings
+
+    def key(self, user: str) -> str:
+        return self.settings.key("inbox", user)
+
+    def _read_key(self, user: str) -> str:
+        return self.settings.key("read", user)
+
+    def queue_append(self, pipe: Pipeline, user: str, notification: dict) -> None:
+        """Add the append to a transaction ``pipe``; its last two results are
+        [the previous newest entry] and the new id (see :meth:`appended`)."""
+        pipe.xrevrange(self.key(user), count=1)
+        pipe.xadd(self.key(user), {"n": json.dumps(notification)},
+                  maxlen=self.settings.inbox_max, approximate=True)
+
+    @staticmethod
+    def appended(results: list, notification: dict) -> dict:
+        """The notification with the ``id`` and ``prev`` a transaction gave it."""
+        previous, new_id = results[-2], results[-1]
+        return {**notification, "id": new_id, "prev": previous[0][0] if previous else ZERO}
+
+    async def append(self, user: str, notification: dict) -> dict:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            self.queue_append(pipe, user, notification)
+            return self.appended(await pipe.execute(), notification)
+
+    @staticmethod
+    def _decode(entries: list) -> list[dict]:
+        return [{**json.loads(fields["n"]), "id": entry_id} for entry_id, fields in entries]
+
+    async def after(self, user: str, after: str = ZERO, upto: str = "+", limit: int | None = None) -> list[dict]:
+        """Notifications with ids after ``after`` (and up to ``upto``), oldest first."""
+        entries = await self.redis.xrange(self.key(user), min=f"({after}", max=upto, count=limit)
+        return self._decode(entries)
+
+    async def latest(self, user: str, limit: int = 100) -> list[dict]:
+        """The newest ``limit`` notifications, oldest first."""
+        entries = await self.redis.xrevrange(self.key(user), count=limit)
+        return self._decode(entries[::-1])
+
+    async def last_id(self, user: str) -> str:
+        newest = await self.redis.xrevrange(self.key(user), count=1)
+        return newest[0][0] if newest else ZERO
+
+    async def read_up_to(self, user: str) -> str:
+        return await self.redis.get(self._read_key(user)) or ZERO
+
+    async def unread(self, user: str) -> int:
+        up_to = await self.read_up_to(user)
+        entries = await self.redis.xrange(self.key(user), min=f"({up_to}", max="+")
+        return len(entries)
+
+    async def mark_read(self, user: str, up_to: str) -> tuple[str, int]:
+        """Move the read mark forward to ``up_to`` (never back, never past the
+        newest notification); returns the mark and the unread count after it."""
+        key = self._read_key(user)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            while True:  # optimistic: two sessions marking at once must not move it back
+                try:
+                    await pipe.watch(key, self.key(user))
+                    current = await pipe.get(key) or ZERO
+                    newest = await pipe.xrevrange(self.key(user), count=1)
+                    newest_id = newest[0][0] if newest else ZERO
+                    target = up_to if not id_after(up_to, newest_id) else newest_id
+                    if not id_after(target, current):
+                        await pipe.unwatch()
+                        mark = current
+                        break
+                    pipe.multi()
+                    pipe.set(key, target)
+                    await pipe.execute()
+                    mark = target
+                    break
+                except WatchError:
+                    continue
+        return mark, await self.unread(user)
+
+
+def public(notification: dict[str, Any]) -> dict[str, Any]:
+    """The notification as clients see it (without the internal ``prev``)."""
+    return {k: v for k, v in notification.items() if k != "prev"}

@@ -1,0 +1,130 @@
+"""The jobs queue between the servers and the workers.
+
+On RabbitMQ: a durable queue of persistent messages, published with
+confirms. A worker acks a job only when its operation has ended, so a worker
+that dies mid-job hands the job back and another worker runs it. A job its
+worker gives up on is rejected into the dead-letter queue, where it stays
+for inspection. In the embedded mode an asyncio queue stands in for it.
+"""
+from __future__ import annotations
+
+import asyncio
+import enum
+import json
+import logging
+from typing import Awaitable, Callable
+
+import aio_pika
+from aio_pika.abc import AbstractIncomingMessage
+
+from .config import Settings
+from .routing import PUBLISH_DEADLINE, connect_broker
+
+log = logging.getLogger(__name__)
+
+
+class Outcome(enum.Enum):
+    DONE = "done"  # ack: the operation ended (however it ended)
+    RETRY = "retry"  # requeue: try again, on this or another worker
+    DEAD = "dead"  # reject into the dead-letter queue
+
+
+Handler = Callable[[dict, bool], Awaitable[Outcome]]  # (job, redelivered) -> outcome
+
+
+class RabbitJobs:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self._connection: aio_pika.abc.AbstractRobustConnection | None = None
+        self._channel: aio_pika.abc.AbstractRobustChannel | None = None
+        self._queue: aio_pika.abc.AbstractRobustQueue | None = None
+
+    async def start(self) -> None:
+        """Connect and declare the jobs queue and its dead-letter queue."""
+        self._connection = await connect_broker(self.settings.broker_url)
+        self._channel = await self._connection.channel()  # confirms on
+        await self._channel.declare_queue(self.settings.dead_queue, durable=True)
+        self._queue = await self._channel.declare_queue(
+            self.settings.jobs_queue, durable=True,
+            arguments={"x-dead-letter-exchange": "",
+                       "x-dead-letter-routing-key": self.settings.dead_queue})
+
+    async def publish(self, job: dict) -> None:
+        """Queue ``job``; returns once RabbitMQ has confirmed it (retrying
+        while the broker restarts, up to PUBLISH_DEADLINE seconds)."""
+        assert self._channel is not None, "start() first"
+        message = aio_pika.Message(json.dumps(job).encode(), content_type="application/json",
+                                   delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
+        delay = 0.1
+        async with asyncio.timeout(PUBLISH_DEADLINE):
+            while True:
+                try:
+                    await self._channel.default_exchange.publish(message, routing_key=self.settings.jobs_queue)
+                    return
+                except (aio_pika.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
+                    log.warning("queueing job failed (%s); retrying", exc)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 2.0)
+
+    async def consume(self, handler: Handler, concurrency: int) -> None:
+        """Run ``handler`` on jobs, at most ``concurrency`` at once."""
+        assert self._channel is not None and self._queue is not None, "start() first"
+        await self._channel.set_qos(prefetch_count=concurrency)
+
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            try:
+                job = json.loads(message.body)
+            except ValueError:
+                log.error("dead-lettering a job that is not JSON: %r", message.body[:200])
+                await message.reject(requeue=False)
+                return
+            outcome = await handler(job, bool(message.redelivered))
+            if outcome is Outcome.DONE:
+                await message.ack()
+            elif outcome is Outcome.RETRY:
+                await message.nack(requeue=True)
+            else:
+                await message.reject(requeue=False)
+
+        await self._queue.consume(on_message)
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            await self._connection.close()
+
+
+class MemoryJobs:
+    """The same interface over an asyncio queue (embedded mode)."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.queue: asyncio.Queue[tuple[dict, bool]] = asyncio.Queue()
+        self.dead: list[dict] = []
+        self._tasks: list[asyncio.Task] = []
+
+    async def start(self) -> None:
+        pass
+
+    async def publish(self, job: dict) -> None:
+        await self.queue.put((job, False))
+
+    async def consume(self, handler: Handler, concurrency: int) -> None:
+        async def run() -> None:
+            while True:
+                job, redelivered = await self.queue.get()
+                outcome = await handler(job, redelivered)
+                if outcome is Outcome.RETRY:
+                    await self.queue.put((job, True))
+                elif outcome is Outcome.DEAD:
+                    self.dead.append(job)
+
+        self._tasks = [asyncio.create_task(run()) for _ in range(concurrency)]
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def make_jobs(settings: Settings) -> RabbitJobs | MemoryJobs:
+    return MemoryJobs(settings) if settings.memory else RabbitJobs(settings)

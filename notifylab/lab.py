@@ -1,0 +1,148 @@
+"""Starting, stopping and killing notifylab processes, for the lab.
+
+``notifylab up``, the tests and the notebooks all use :class:`Lab`: it runs
+server instances and workers as real subprocesses sharing one configuration,
+waits until each is ready, and can kill one on purpose to show what survives.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+from typing import Mapping
+
+import aiohttp
+
+READY_TIMEOUT = 30.0
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now (for parallel runs)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LabProcess:
+    """One notifylab subprocess (``serve`` or ``worker``)."""
+
+    def __init__(self, name: str, args: list[str], env: Mapping[str, str], log_path: Path | None,
+                 url: str | None = None):
+        self.name, self.args, self.env, self.log_path, self.url = name, args, dict(env), log_path, url
+        self.process: asyncio.subprocess.Process | None = None
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"<{self.name} {state}{' ' + self.url if self.url else ''}>"
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.returncode is None
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    async def start(self) -> "LabProcess":
+        out = open(self.log_path, "ab") if self.log_path else None
+        try:
+            self.process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "notifylab", *self.args, env=self.env,
+                stdout=out, stderr=asyncio.subprocess.STDOUT if out else None)
+        finally:
+            if out:
+                out.close()
+        if self.url:
+            await self.wait_ready()
+        return self
+
+    async def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
+        """Wait until ``/readyz`` answers 200; fail early if the process exits."""
+        async with aiohttp.ClientSession() as http:
+            try:
+                async with asyncio.timeout(timeout):
+                    while True:
+                        if not self.running:
+                            raise RuntimeError(f"{self.name} exited ({self.process.returncode}):\n{self.log_tail()}")
+                        try:
+                            async with http.get(f"{self.url}/readyz") as response:
+                                if response.status == 200:
+                                    return
+                        except aiohttp.ClientError:
+                            pass
+                        await asyncio.sleep(0.1)
+            except TimeoutError:
+                raise RuntimeError(f"{self.name} was not ready in {timeout:.0f} s:\n{self.log_tail()}") from None
+
+    def log_tail(self, lines: int = 20) -> str:
+        if not self.log_path or not self.log_path.exists():
+            return "(no log)"
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Ask it to stop (SIGTERM), then kill it if it does not."""
+        if not self.running:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            async with asyncio.timeout(timeout):
+                await self.process.wait()
+        except TimeoutError:
+            await self.kill()
+
+    async def kill(self) -> None:
+        """SIGKILL: the process gets no chance to clean up, as in a crash."""
+        if self.running:
+            self.process.kill()
+            await self.process.wait()
+
+
+class Lab:
+    """A set of notifylab processes sharing ``env`` (``NOTIFYLAB_*``).
+
+    Use it as ``async with Lab(env) as lab:``; every process it started is
+    stopped at the end, even on an error.
+    """
+
+    def __init__(self, env: Mapping[str, str] | None = None, log_dir: Path | str | None = None):
+        self.env = {**os.environ, **(env or {})}
+        self.log_dir = Path(log_dir) if log_dir else None
+        if self.log_dir:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.processes: list[LabProcess] = []
+
+    def _log(self, name: str) -> Path | None:
+        return self.log_dir / f"{name}.log" if self.log_dir else None
+
+    async def start_server(self, port: int | None = None, instance_id: str | None = None,
+                           host: str = "127.0.0.1") -> LabProcess:
+        port = port or free_port()
+        instance_id = instance_id or f"i{port}"
+        proc = LabProcess(f"server-{instance_id}", ["serve", "--host", host, "--port", str(port),
+                                                    "--instance-id", instance_id],
+                          self.env, self._log(f"server-{instance_id}"), url=f"http://{host}:{port}")
+        self.processes.append(proc)
+        return await proc.start()
+
+    async def start_worker(self, name: str | None = None) -> LabProcess:
+        name = name or f"worker-{sum(p.name.startswith('worker') for p in self.processes) + 1}"
+        proc = LabProcess(name, ["worker", "--worker-id", name], self.env, self._log(name))
+        self.processes.append(proc)
+        return await proc.start()
+
+    async def restart(self, proc: LabProcess) -> LabProcess:
+        """Start a stopped (or killed) process again with the same arguments."""
+        await proc.stop()
+        return await proc.start()
+
+    async def stop_all(self) -> None:
+        await asyncio.gather(*(p.stop() for p in self.processes))
+
+    async def __aenter__(self) -> "Lab":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop_all()

@@ -1,0 +1,257 @@
+"""How events travel between processes: python-socketio client managers.
+
+python-socketio lets a server share rooms across processes through a
+"client manager": ``sio.emit(..., room=...)`` on one process reaches the
+sockets on every other. Its stock ``AsyncAioPikaManager`` sends every event to
+every instance through a fanout exchange. ``TopicManager`` is ours: it
+publishes an event for room ``user:<name>`` with routing key ``user.<name>``
+on a topic exchange, and each instance's queue is bound only to the users it
+holds sockets for. An instance then receives only what its own users need.
+
+Both managers hand notifications to the instance's ``Feed`` (``feed.py``)
+instead of emitting them straight away: the feed is what makes delivery
+ordered, gap-free and duplicate-free.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import TYPE_CHECKING, Any, AsyncIterator
+
+import aio_pika
+import socketio
+from aio_pika.abc import AbstractIncomingMessage
+from socketio.async_pubsub_manager import AsyncPubSubManager
+
+from .config import Settings
+from .errors import ServiceUnavailable
+from .store import redact
+
+if TYPE_CHECKING:
+    from .feed import Feed
+    from .metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+PUBLISH_DEADLINE = 30.0  # seconds a publish keeps retrying (broker restarting) before it fails
+LISTEN_PREFETCH = 256
+
+
+def user_room(user: str) -> str:
+    """The Socket.IO room that holds every socket of ``user``."""
+    return f"user:{user}"
+
+
+def routing_key(message: dict) -> str:
+    """``user.<name>`` for an emit to a user's room; ``control.<method>`` for
+    everything every instance must see (emits to a socket id, disconnects)."""
+    room = message.get("room")
+    if message.get("method") == "emit" and isinstance(room, str) and room.startswith("user:"):
+        return "user." + room[len("user:"):]
+    return "control." + str(message.get("method"))
+
+
+async def connect_broker(url: str) -> aio_pika.abc.AbstractRobustConnection:
+    """A robust (auto-reconnecting) connection; a one-line error if the
+    broker does not answer within five seconds."""
+    try:
+        return await aio_pika.connect_robust(url, timeout=5)
+    except (OSError, asyncio.TimeoutError, aio_pika.exceptions.AMQPError) as exc:
+        raise ServiceUnavailable(f"cannot reach RabbitMQ at {redact(url)}: {exc or type(exc).__name__}") from None
+
+
+class FeedHook:
+    """Mixed into a pub/sub manager: notifications go to the feed, every
+    received message is counted, and bindings follow local room membership."""
+
+    feed: "Feed | None" = None
+    metrics: "Metrics | None" = None
+
+    async def subscribe(self, user: str) -> None:
+        """Start receiving ``user``'s events on this instance (no-op here)."""
+
+    async def unsubscribe(self, user: str) -> None:
+        """Stop receiving ``user``'s events on this instance (no-op here)."""
+
+    async def close(self) -> None:
+        """Close broker connections (no-op here)."""
+
+    async def _handle_emit(self, message: dict) -> None:
+        if self.feed is not None and message.get("event") == "notification":
+            await self.feed.receive(message["data"][0])
+        else:
+            await super()._handle_emit(message)  # type: ignore[misc]
+
+    async def _listen(self) -> AsyncIterator[Any]:
+        async for message in super()._listen():  # type: ignore[misc]
+            if self.metrics is not None:
+                self.metrics.bus_received.inc()
+            yield message
+
+
+class _TopicTransport(AsyncPubSubManager):
+    """Publish by routing key on a topic exchange; consume one queue per
+    instance whose bindings change at run time."""
+
+    name = "notifylab-topic"
+
+    def __init__(self, settings: Settings, write_only: bool = False, logger: Any = None):
+        super().__init__(channel=settings.events_exchange, write_only=write_only, logger=logger)
+        self.settings = settings
+        self._publisher: aio_pika.abc.AbstractRobustConnection | None = None
+        self._publish_exchange: aio_pika.abc.AbstractExchange | None = None
+        self._publish_lock = asyncio.Lock()
+        self._listener: aio_pika.abc.AbstractRobustConnection | None = None
+        self._queue: aio_pika.abc.AbstractRobustQueue | None = None
+        self._listen_exchange: aio_pika.abc.AbstractExchange | None = None
+        self._ready = asyncio.Event()
+        self._inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+        self.on_reconnect: list = []  # coroutines run after the listener reconnects
+
+    async def _exchange(self, connection: aio_pika.abc.AbstractRobustConnection) -> aio_pika.abc.AbstractExchange:
+        channel = await connection.channel()  # publisher confirms are on by default
+        return await channel.declare_exchange(self.channel, aio_pika.ExchangeType.TOPIC, durable=True)
+
+    async def start_publisher(self) -> None:
+        """Connect for publishing now, so a bad URL fails at start-up."""
+        async with self._publish_lock:
+            if self._publisher is None:
+                self._publisher = await connect_broker(self.settings.broker_url)
+                self._publish_exchange = await self._exchange(self._publisher)
+
+    async def _publish(self, data: dict) -> None:
+        await self.start_publisher()
+        assert self._publish_exchange is not None
+        body = json.dumps(data).encode()
+        key = routing_key(data)
+        delay = 0.1
+        async with asyncio.timeout(PUBLISH_DEADLINE):
+            while True:
+                try:
+                    # Returns once the broker confirms: a lost publish raises here.
+                    await self._publish_exchange.publish(aio_pika.Message(body), routing_key=key)
+                    return
+                except (aio_pika.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
+                    log.warning("publish to %s failed (%s); retrying", key, exc)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 2.0)
+
+    async def start_listener(self) -> None:
+        """Declare this instance's queue and start consuming it. Called at
+        start-up (python-socketio would wait for the first socket)."""
+        self._listener = await connect_broker(self.settings.broker_url)
+        channel = await self._listener.channel()
+        await channel.set_qos(prefetch_count=LISTEN_PREFETCH)
+        self._listen_exchange = await channel.declare_exchange(
+            self.channel, aio_pika.ExchangeType.TOPIC, durable=True)
+        name = self.settings.instance_queue()
+        # A previous run of this instance id may have left its queue (and its
+        # users' bindings) behind: start clean.
+        await channel.queue_delete(name)
+        # Not exclusive, so a short disconnect keeps the queue and what it
+        # holds; it expires a minute after its instance is gone for good.
+        self._queue = await channel.declare_queue(name, arguments={"x-expires": 60_000})
+        await self._queue.bind(self._listen_exchange, "control.#")
+        await self._queue.consume(self._inbox.put)
+        self._listener.reconnect_callbacks.add(self._reconnected)
+        self._ready.set()
+
+    async def _reconnected(self, _connection: Any) -> None:
+        log.warning("reconnected to RabbitMQ; catching up from the inbox streams")
+        for callback in self.on_reconnect:
+            await callback()
+
+    async def _listen(self) -> AsyncIterator[Any]:
+        while True:
+            message = await self._inbox.get()
+            yield message.body
+            try:
+                await message.ack()
+            except Exception:  # the channel it came on is gone; nothing to ack
+                pass
+
+    async def _bind(self, user: str, bind: bool) -> None:
+        async with asyncio.timeout(10):
+            await self._ready.wait()
+        assert self._queue is not None and self._listen_exchange is not None
+        key = "user." + user
+        if bind:
+            await self._queue.bind(self._listen_exchange, key)
+        else:
+            await self._queue.unbind(self._listen_exchange, key)
+
+    async def close(self) -> None:
+        for connection in (self._listener, self._publisher):
+            if connection is not None:
+                await connection.close()
+
+
+class TopicManager(FeedHook, _TopicTransport):
+    """Per-user topic routing (notifylab's default)."""
+
+    async def subscribe(self, user: str) -> None:
+        await self._bind(user, True)
+
+    async def unsubscribe(self, user: str) -> None:
+        await self._bind(user, False)
+
+    def initialize(self) -> None:
+        # The listener is started by the server (start_listener) before it
+        # accepts sockets; the base class starts the reading task.
+        super().initialize()
+
+
+class FanoutManager(FeedHook, socketio.AsyncAioPikaManager):
+    """python-socketio's stock manager (fanout: every instance gets every
+    event), kept as the comparison mode ``NOTIFYLAB_ROUTING=fanout``."""
+
+    def __init__(self, settings: Settings, write_only: bool = False, logger: Any = None):
+        super().__init__(url=settings.broker_url, channel=settings.fanout_exchange,
+                         write_only=write_only, logger=logger)
+        self.settings = settings
+        self.on_reconnect: list = []
+
+    async def start_publisher(self) -> None:
+        connection = await connect_broker(self.settings.broker_url)
+        await connection.close()
+
+    async def start_listener(self) -> None:
+        await self.start_publisher()
+
+    async def close(self) -> None:
+        # The stock manager has no close(); its publisher connection is ours to close.
+        if self.publisher_connection is not None:
+            await self.publisher_connection.close()
+
+
+class MemoryManager(FeedHook, AsyncPubSubManager):
+    """The embedded mode's manager: one process, so every emit is local."""
+
+    name = "notifylab-memory"
+
+    def __init__(self, settings: Settings, write_only: bool = False, logger: Any = None):
+        super().__init__(write_only=write_only, logger=logger)
+        self.on_reconnect: list = []
+
+    async def start_publisher(self) -> None:
+        pass
+
+    async def start_listener(self) -> None:
+        pass
+
+    async def _publish(self, data: dict) -> None:
+        pass  # emit() already handled it in this process
+
+    async def _listen(self) -> AsyncIterator[Any]:
+        await asyncio.Event().wait()  # nothing ever arrives from elsewhere
+        yield  # pragma: no cover
+
+
+def make_manager(settings: Settings, write_only: bool = False):
+    """The client manager that ``settings`` ask for."""
+    if settings.memory:
+        return MemoryManager(settings, write_only=write_only)
+    if settings.routing == "fanout":
+        return FanoutManager(settings, write_only=write_only)
+    return TopicManager(settings, write_only=write_only)

@@ -1,0 +1,116 @@
+"""The worker: runs operations taken from the jobs queue and reports on them.
+
+For each step it records the new state and appends a notification to the
+user's inbox stream in one Redis transaction (``operations.py``), then
+publishes the notification (``routing.py``). The job is acked only when the
+operation has ended, so a killed worker's job goes to another worker, which
+carries on from the last recorded step and says that it restarted.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+
+from redis.asyncio import Redis
+
+from .config import Settings
+from .inbox import Inbox
+from .jobs import MemoryJobs, Outcome, RabbitJobs
+from .kinds import KINDS
+from .operations import TERMINAL, Operation, Operations, TransitionRefused
+from .routing import user_room
+
+log = logging.getLogger(__name__)
+CANCEL_POLL_SECONDS = 0.2  # how often a running step checks whether it was cancelled
+
+
+class SimulatedBug(Exception):
+    """Raised by ``error_at``: stands for a bug or crash in the worker."""
+
+
+class Worker:
+    """Runs jobs. ``emitter`` is a python-socketio client manager (write-only
+    on RabbitMQ, the server's own in the embedded mode)."""
+
+    def __init__(self, settings: Settings, redis: Redis, jobs: RabbitJobs | MemoryJobs, emitter,
+                 worker_id: str | None = None):
+        self.settings = settings
+        self.jobs = jobs
+        self.emitter = emitter
+        self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.operations = Operations(redis, settings, Inbox(redis, settings))
+
+    async def start(self) -> None:
+        await self.jobs.consume(self.handle, self.settings.worker_concurrency)
+        log.info("worker %s consuming %s (concurrency %d)", self.id, self.settings.jobs_queue,
+                 self.settings.worker_concurrency)
+
+    async def _move(self, op: Operation, type_: str, **changes) -> Operation:
+        op, note = await self.operations.transition(op.id, type_, **changes)
+        await self.emitter.emit("notification", note, room=user_room(op.user))
+        return op
+
+    async def handle(self, job: dict, redelivered: bool) -> Outcome:
+        """Run one job to its end; never raises (the outcome says what to do)."""
+        op = await self.operations.get(job.get("operation"))
+        if op is None:
+            log.error("dropping job for unknown operation: %r", job)
+            return Outcome.DONE
+        if op.state in TERMINAL:  # e.g. cancelled while it waited in the queue
+            return Outcome.DONE
+        try:
+            if op.attempts >= self.settings.max_attempts:
+                return await self._give_up(op)
+            return await self._run(op)
+        except TransitionRefused as exc:  # cancelled under our feet
+            log.info("operation %s stopped: %s", op.id, exc)
+            return Outcome.DONE
+        except Exception as exc:
+            log.warning("operation %s attempt %d broke: %s", op.id, op.attempts + 1, exc)
+            current = await self.operations.get(op.id)
+            if current is None or current.state in TERMINAL:
+                return Outcome.DONE
+            if current.attempts >= self.settings.max_attempts:
+                return await self._give_up(current, str(exc))
+            return Outcome.RETRY
+
+    async def _give_up(self, op: Operation, reason: str = "the worker running it stopped") -> Outcome:
+        await self._move(op, "operation.failed",
+                         error=f"gave up after {op.attempts} attempts: {reason}")
+        return Outcome.DEAD
+
+    async def _run(self, op: Operation) -> Outcome:
+        kind = KINDS[op.kind]
+        params = op.params
+        if op.state == "queued":
+            op = await self._move(op, "operation.started", attempts=1, worker=self.id,
+                                  message=f"Started on worker {self.id}")
+        else:  # it was running elsewhere when that worker stopped
+            op = await self._move(op, "operation.restarted", attempts=op.attempts + 1, worker=self.id,
+                                  message=f"Restarted on worker {self.id} at step {op.step + 1} "
+                                          f"(attempt {op.attempts + 1})")
+        for step in range(op.step + 1, op.steps + 1):
+            if not await self._wait_step(op, params["step_seconds"]):
+                return Outcome.DONE  # cancelled
+            if params.get("error_at") == step:
+                raise SimulatedBug(f"simulated bug at step {step}")
+            if params.get("fail_at") == step:
+                await self._move(op, "operation.failed", step=step,
+                                 error=f"step {step} failed: {kind.step_messages[0].lower()} hit an error")
+                return Outcome.DONE
+            op = await self._move(op, "operation.progress", step=step,
+                                  message=kind.step_message(step, op.steps))
+        await self._move(op, "operation.succeeded", message=f"{kind.title} finished")
+        return Outcome.DONE
+
+    async def _wait_step(self, op: Operation, seconds: float) -> bool:
+        """Sleep one step; False if the operation was cancelled meanwhile."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + seconds
+        while (left := end - loop.time()) > 0:
+            await asyncio.sleep(min(left, CANCEL_POLL_SECONDS))
+            if await self.operations.state(op.id) in TERMINAL:
+                return False
+        return True
