@@ -55,10 +55,19 @@ def routing_key(message: dict) -> str:
 async def connect_broker(url: str) -> aio_pika.abc.AbstractRobustConnection:
     """A robust (auto-reconnecting) connection; a one-line error if the
     broker does not answer within five seconds."""
+    # aio-pika and aiormq log a failed first attempt themselves; we raise one
+    # clear line instead, so quiet them for this attempt only.
+    quiet = [logging.getLogger(name) for name in ("aiormq.connection", "aio_pika.robust_connection")]
+    levels = [logger.level for logger in quiet]
+    for logger in quiet:
+        logger.setLevel(logging.CRITICAL)
     try:
         return await aio_pika.connect_robust(url, timeout=5)
     except (OSError, asyncio.TimeoutError, aio_pika.exceptions.AMQPError) as exc:
         raise ServiceUnavailable(f"cannot reach RabbitMQ at {redact(url)}: {exc or type(exc).__name__}") from None
+    finally:
+        for logger, level in zip(quiet, levels):
+            logger.setLevel(level)
 
 
 class FeedHook:
