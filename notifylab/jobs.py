@@ -79,12 +79,15 @@ class RabbitJobs:
                 await message.reject(requeue=False)
                 return
             outcome = await handler(job, bool(message.redelivered))
-            if outcome is Outcome.DONE:
-                await message.ack()
-            elif outcome is Outcome.RETRY:
-                await message.nack(requeue=True)
-            else:
-                await message.reject(requeue=False)
+            try:
+                if outcome is Outcome.DONE:
+                    await message.ack()
+                elif outcome is Outcome.RETRY:
+                    await message.nack(requeue=True)
+                else:
+                    await message.reject(requeue=False)
+            except Exception as exc:  # its channel closed: the broker has requeued it already
+                log.warning("could not settle job %r (%s); the broker redelivers it", job, exc)
 
         await self._queue.consume(on_message)
 

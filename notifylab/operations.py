@@ -112,10 +112,14 @@ class Operations:
             results = await pipe.execute()
         return op, self.inbox.appended(results, note)
 
-    async def transition(self, op_id: str, type_: str, **changes) -> tuple[Operation, dict]:
+    async def transition(self, op_id: str, type_: str, attempt: int | None = None,
+                         **changes) -> tuple[Operation, dict]:
         """Move the operation to the state ``type_`` implies, apply
         ``changes`` to its record and append the notification, atomically.
 
+        ``attempt`` fences a worker: if another attempt has taken the
+        operation over since (its job came back after a lost connection),
+        this worker's change is refused instead of interleaving with it.
         Raises TransitionRefused if the current state does not allow it.
         """
         new_state, allowed = TRANSITIONS[type_]
@@ -130,6 +134,8 @@ class Operations:
                     op = Operation.from_redis(data)
                     if op.state not in allowed:
                         raise TransitionRefused(f"operation {op_id} is {op.state}")
+                    if attempt is not None and op.attempts != attempt:
+                        raise TransitionRefused(f"operation {op_id} was taken over by attempt {op.attempts}")
                     for name, value in changes.items():
                         setattr(op, name, value)
                     op.state, op.updated = new_state, now_ms()

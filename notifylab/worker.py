@@ -24,6 +24,7 @@ from .routing import user_room
 
 log = logging.getLogger(__name__)
 CANCEL_POLL_SECONDS = 0.2  # how often a running step checks whether it was cancelled
+RETRY_PAUSE_SECONDS = 1.0  # pause before requeueing while a service is down, not to spin
 
 
 class SimulatedBug(Exception):
@@ -47,13 +48,23 @@ class Worker:
         log.info("worker %s consuming %s (concurrency %d)", self.id, self.settings.jobs_queue,
                  self.settings.worker_concurrency)
 
-    async def _move(self, op: Operation, type_: str, **changes) -> Operation:
-        op, note = await self.operations.transition(op.id, type_, **changes)
+    async def _move(self, op: Operation, type_: str, fenced: bool = True, **changes) -> Operation:
+        # Fenced by our attempt number, except for the moves that start one.
+        attempt = op.attempts if fenced else None
+        op, note = await self.operations.transition(op.id, type_, attempt, **changes)
         await self.emitter.emit("notification", note, room=user_room(op.user))
         return op
 
     async def handle(self, job: dict, redelivered: bool) -> Outcome:
         """Run one job to its end; never raises (the outcome says what to do)."""
+        try:
+            return await self._handle(job)
+        except Exception as exc:  # Redis or the broker is away: let the job come back later
+            log.warning("job %r: %s; requeueing", job, exc)
+            await asyncio.sleep(RETRY_PAUSE_SECONDS)
+            return Outcome.RETRY
+
+    async def _handle(self, job: dict) -> Outcome:
         op = await self.operations.get(job.get("operation"))
         if op is None:
             log.error("dropping job for unknown operation: %r", job)
@@ -77,7 +88,7 @@ class Worker:
             return Outcome.RETRY
 
     async def _give_up(self, op: Operation, reason: str = "the worker running it stopped") -> Outcome:
-        await self._move(op, "operation.failed",
+        await self._move(op, "operation.failed", fenced=False,
                          error=f"gave up after {op.attempts} attempts: {reason}")
         return Outcome.DEAD
 
@@ -85,10 +96,11 @@ class Worker:
         kind = KINDS[op.kind]
         params = op.params
         if op.state == "queued":
-            op = await self._move(op, "operation.started", attempts=1, worker=self.id,
+            op = await self._move(op, "operation.started", fenced=False, attempts=1, worker=self.id,
                                   message=f"Started on worker {self.id}")
         else:  # it was running elsewhere when that worker stopped
-            op = await self._move(op, "operation.restarted", attempts=op.attempts + 1, worker=self.id,
+            op = await self._move(op, "operation.restarted", fenced=False, attempts=op.attempts + 1,
+                                  worker=self.id,
                                   message=f"Restarted on worker {self.id} at step {op.step + 1} "
                                           f"(attempt {op.attempts + 1})")
         for step in range(op.step + 1, op.steps + 1):

@@ -104,8 +104,9 @@ async def test_marking_read_updates_the_unread_count_in_every_session(stack, cli
     first = await clients(url_a)
     second = await clients(url_b, user=first.user)
     op = await first.start("report", steps=2, step_seconds=0.05)
+    await first.wait_operation(op["id"])
     await second.wait_operation(op["id"])
-    assert second.unread == 5
+    assert first.unread == second.unread == 5
 
     assert await first.mark_read() == 0
     await second.wait_for(lambda: second.unread == 0, 10)

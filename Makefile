@@ -1,0 +1,40 @@
+# The README's two commands are `make up` and `make test`; the rest are their steps.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: up test setup services build browser test-python test-frontend clean
+
+up: setup services  ## set up, then run two instances and a worker (Ctrl-C stops them)
+	$(BIN)/notifylab up
+
+test: setup services browser  ## set up, then run every test
+	$(MAKE) test-python test-frontend
+
+setup: $(VENV)/.installed build
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+build: frontend/dist/index.html
+
+frontend/dist/index.html: frontend/package.json frontend/package-lock.json $(shell find frontend/src -type f 2>/dev/null) frontend/index.html frontend/vite.config.js
+	cd frontend && npm ci --no-audit --no-fund && npm run build
+
+services:
+	bash scripts/services.sh
+
+browser:  ## Debian's Chromium for the browser tests (Playwright must not download its own)
+	test -x /usr/bin/chromium || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
+
+test-python:
+	$(BIN)/python -m pytest
+
+test-frontend:
+	cd frontend && npm test
+
+clean:
+	rm -rf $(VENV) frontend/node_modules frontend/dist
