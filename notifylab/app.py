@@ -161,10 +161,19 @@ async def _lifetime(app: web.Application) -> AsyncIterator[None]:
         except Exception:  # Redis may be the thing that is down
             pass
         await services.jobs.close()
-        if getattr(manager, "thread", None) is not None:
-            manager.thread.cancel()
+        listener = getattr(manager, "thread", None)
+        if listener is not None:
+            listener.cancel()
+            await asyncio.gather(listener, return_exceptions=True)
         await manager.close()
         await redis.aclose()
+
+
+async def _disconnect_everyone(app: web.Application) -> None:
+    """On a graceful stop, close every socket first: their clients reconnect
+    (to another instance, or to this one when it is back), and the server
+    does not wait on open websockets."""
+    await app[SERVICES].sio.eio.disconnect()
 
 
 async def _heartbeat(services: Services) -> None:
@@ -187,6 +196,7 @@ def create_app(settings: Settings) -> web.Application:
     services = Services(settings, sio)
     app[SERVICES] = services
     app.cleanup_ctx.append(_lifetime)
+    app.on_shutdown.append(_disconnect_everyone)
     sio.attach(app)
     api.add_routes(app)
     sockets.register(sio, services)

@@ -67,7 +67,8 @@ def _wait_for_signal() -> asyncio.Event:
 async def _serve(settings: Settings) -> None:
     from .app import create_app
 
-    runner = web.AppRunner(create_app(settings), handle_signals=False, access_log=None)
+    runner = web.AppRunner(create_app(settings), handle_signals=False, access_log=None,
+                           shutdown_timeout=5)
     await runner.setup()  # opens Redis and RabbitMQ: fails here with the URL
     try:
         stop = _wait_for_signal()

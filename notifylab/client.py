@@ -215,8 +215,8 @@ class Client:
         return [n for n in self.notifications if n["operation"] == op_id]
 
     async def close(self) -> None:
-        if self.sio.connected:
-            await self.sio.disconnect()
+        """Disconnect (also stopping any reconnection attempts) and close."""
+        await self.sio.shutdown()
         await self.http.close()
 
     async def __aenter__(self) -> "Client":

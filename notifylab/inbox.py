@@ -89,9 +89,10 @@ class Inbox:
     async def read_up_to(self, user: str) -> str:
         return await self.redis.get(self._read_key(user)) or ZERO
 
-    async def unread(self, user: str) -> int:
+    async def unread(self, user: str, upto: str = "+") -> int:
+        """How many notifications after the read mark (and up to ``upto``)."""
         up_to = await self.read_up_to(user)
-        entries = await self.redis.xrange(self.key(user), min=f"({up_to}", max="+")
+        entries = await self.redis.xrange(self.key(user), min=f"({up_to}", max=upto)
         return len(entries)
 
     async def mark_read(self, user: str, up_to: str) -> tuple[str, int]:

@@ -67,7 +67,7 @@ def register(sio: socketio.AsyncServer, services: Services) -> None:
             async def hello(cursor: str) -> None:
                 await sio.emit("hello", {
                     "instance": services.instance, "user": user, "session": session_id,
-                    "unread": await services.inbox.unread(user), "last_id": cursor,
+                    "unread": await services.inbox.unread(user, upto=cursor), "last_id": cursor,
                     "operations": [op.public() for op in await services.operations.of_user(user)],
                 }, to=sid, ignore_queue=True)
 
