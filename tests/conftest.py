@@ -7,77 +7,22 @@ RabbitMQ or Redis is a failure, never a skip: the guarantees are about them.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from pathlib import Path
 from typing import AsyncIterator, Awaitable, Callable
 
-import aio_pika
 import pytest
-import redis.asyncio as aioredis
 
 from notifylab.client import Client
-from notifylab.config import Settings
 from notifylab.lab import Lab
-
-BROKER = Settings().broker_url
-REDIS = Settings().redis_url
-PASSWORD = "correct horse battery"
-
-_prefixes: list[str] = []
-
-
-def new_prefix() -> str:
-    prefix = f"nltest{uuid.uuid4().hex[:10]}"
-    _prefixes.append(prefix)
-    return prefix
-
-
-def new_username() -> str:
-    return f"u{uuid.uuid4().hex[:10]}"
-
-
-async def _check_services() -> None:
-    client = aioredis.from_url(REDIS)
-    try:
-        async with asyncio.timeout(5):
-            await client.ping()
-    except Exception as exc:
-        pytest.fail(f"Redis is not running at {REDIS} ({exc}); start it (see README)", pytrace=False)
-    finally:
-        await client.aclose()
-    try:
-        connection = await aio_pika.connect(BROKER, timeout=5)
-        await connection.close()
-    except Exception as exc:
-        pytest.fail(f"RabbitMQ is not running at {BROKER} ({exc}); start it (see README)", pytrace=False)
-
-
-async def _remove(prefixes: list[str]) -> None:
-    client = aioredis.from_url(REDIS)
-    try:
-        for prefix in prefixes:
-            keys = [k async for k in client.scan_iter(match=f"{prefix}:*")]
-            if keys:
-                await client.delete(*keys)
-    finally:
-        await client.aclose()
-    connection = await aio_pika.connect(BROKER)
-    async with connection:
-        for prefix in prefixes:
-            for queue in (f"{prefix}.jobs", f"{prefix}.jobs.dead"):
-                channel = await connection.channel()
-                await channel.queue_delete(queue)
-            for exchange in (f"{prefix}.events", f"{prefix}.fanout"):
-                channel = await connection.channel()
-                await channel.exchange_delete(exchange)
+from support import PASSWORD, PREFIXES, check_services, new_prefix, new_username, remove
 
 
 @pytest.fixture(scope="session")
 async def services() -> AsyncIterator[None]:
     """RabbitMQ and Redis are up; everything the run made is removed after it."""
-    await _check_services()
+    await check_services()
     yield
-    await _remove(_prefixes)
+    await remove(PREFIXES)
 
 
 LabFactory = Callable[..., Awaitable[Lab]]
@@ -112,10 +57,6 @@ async def stack(services: None, tmp_path_factory: pytest.TempPathFactory) -> Asy
         await lab.start_server(instance_id="b")
         await lab.start_worker()
         yield lab
-
-
-def servers(lab: Lab) -> list[str]:
-    return [p.url for p in lab.processes if p.url]
 
 
 @pytest.fixture

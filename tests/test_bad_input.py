@@ -4,7 +4,7 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
-from conftest import PASSWORD, servers
+from support import PASSWORD, servers
 from notifylab.client import Client, ClientError
 
 

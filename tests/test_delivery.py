@@ -6,7 +6,7 @@ import json
 import aio_pika
 import redis.asyncio as aioredis
 
-from conftest import BROKER, REDIS, servers
+from support import BROKER, REDIS, servers
 from notifylab.client import Client
 from notifylab.config import Settings
 from notifylab.inbox import Inbox, id_after

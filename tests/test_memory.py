@@ -7,7 +7,7 @@ import sys
 import fakeredis
 import pytest
 
-from conftest import new_username
+from support import new_username
 from notifylab.client import Client
 from notifylab.config import ConfigError, Settings
 from notifylab.inbox import Inbox

@@ -6,7 +6,7 @@ import asyncio
 import aio_pika
 import pytest
 
-from conftest import BROKER, servers
+from support import BROKER, servers
 from notifylab.client import ClientError
 
 

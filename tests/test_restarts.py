@@ -7,7 +7,7 @@ import shutil
 import pytest
 import redis.asyncio as aioredis
 
-from conftest import servers
+from support import servers
 from notifylab.inbox import id_after
 from notifylab.lab import free_port
 

@@ -6,7 +6,7 @@ import asyncio
 import aiohttp
 import pytest
 
-from conftest import servers
+from support import servers
 
 STEPS = 5
 PER_OPERATION = STEPS + 3  # queued, started, progress x STEPS, succeeded

@@ -5,7 +5,7 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
-from conftest import PASSWORD, REDIS, new_username, servers
+from support import PASSWORD, REDIS, new_username, servers
 from notifylab.client import Client, ClientError
 
 
