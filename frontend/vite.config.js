@@ -1,0 +1,28 @@
+import { defineConfig } from 'vite'
+import react from '@vitejs/plugin-react'
+
+// The notifylab server serves dist/ at "/" (assets under /assets/).
+// In development, `npm run dev` proxies the API and Socket.IO to an instance
+// started with `python -m notifylab serve --port 8081`.
+const backend = process.env.NOTIFYLAB_DEV_BACKEND || 'http://127.0.0.1:8081'
+
+export default defineConfig({
+  base: '/',
+  plugins: [react()],
+  build: {
+    outDir: 'dist',
+    assetsDir: 'assets',
+    emptyOutDir: true,
+  },
+  server: {
+    port: 5173,
+    proxy: {
+      '/api': { target: backend, changeOrigin: false },
+      '/socket.io': { target: backend, ws: true, changeOrigin: false },
+    },
+  },
+  test: {
+    environment: 'node',
+    include: ['tests/**/*.test.{js,jsx}'],
+  },
+})
