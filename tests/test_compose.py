@@ -1,0 +1,373 @@
+"""The deployment files: docker-compose.yml, Dockerfile and the nginx configs.
+
+No Docker engine is needed. The compose file is validated against the
+Compose specification's JSON schema (check-jsonschema ships it), its topology
+is checked with PyYAML, and both nginx configs go through ``nginx -t``; the
+native one is also run for real in front of two tiny HTTP servers, to see the
+stickiness and the WebSocket headers it promises.
+"""
+from __future__ import annotations
+
+import copy
+import http.server
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import string
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "Dockerfile"
+NGINX_CONF = ROOT / "deploy" / "nginx.conf"
+NGINX_TEMPLATE = ROOT / "deploy" / "nginx.native.conf.template"
+
+# Every NOTIFYLAB_* setting the package reads (notifylab/config.py).
+KNOWN_SETTINGS = {
+    "NOTIFYLAB_BROKER_URL", "NOTIFYLAB_REDIS_URL", "NOTIFYLAB_HOST",
+    "NOTIFYLAB_PORT", "NOTIFYLAB_INSTANCE_ID", "NOTIFYLAB_SECRET",
+    "NOTIFYLAB_ROUTING", "NOTIFYLAB_PREFIX", "NOTIFYLAB_STATIC_DIR",
+    "NOTIFYLAB_LOG_LEVEL", "NOTIFYLAB_WORKER_CONCURRENCY",
+    "NOTIFYLAB_MAX_ATTEMPTS", "NOTIFYLAB_SESSION_TTL", "NOTIFYLAB_COOKIE_SECURE",
+}
+SERVERS = ("server-a", "server-b")
+BACKENDS = {"rabbitmq": "NOTIFYLAB_BROKER_URL", "redis": "NOTIFYLAB_REDIS_URL"}
+
+
+# --- helpers -------------------------------------------------------------------
+
+def check_jsonschema(path: Path) -> subprocess.CompletedProcess:
+    # A dev dependency of the project: it sits next to this interpreter.
+    exe = Path(sys.executable).parent / "check-jsonschema"
+    assert exe.exists(), f"{exe} is missing: pip install -e '.[dev]'"
+    return subprocess.run(
+        [str(exe), "--builtin-schema", "vendor.compose-spec", str(path)],
+        capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+def services(compose: dict) -> dict:
+    return compose["services"]
+
+
+def env_of(service: dict) -> dict[str, str]:
+    """A service's environment as a dict, whichever of the two forms it uses."""
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        return dict(item.split("=", 1) if "=" in item else (item, "") for item in env)
+    return {k: "" if v is None else str(v) for k, v in env.items()}
+
+
+def depends_on(service: dict) -> dict[str, str]:
+    """service name -> condition (the short list form means service_started)."""
+    deps = service.get("depends_on") or {}
+    if isinstance(deps, list):
+        return {name: "service_started" for name in deps}
+    return {name: (spec or {}).get("condition", "service_started") for name, spec in deps.items()}
+
+
+def command_of(service: dict) -> list[str]:
+    cmd = service.get("command", [])
+    return cmd.split() if isinstance(cmd, str) else [str(c) for c in cmd]
+
+
+def flag(cmd: list[str], name: str) -> str | None:
+    return cmd[cmd.index(name) + 1] if name in cmd and cmd.index(name) + 1 < len(cmd) else None
+
+
+def interpolation_default(value: str, name: str) -> str | None:
+    """The default in ``${NAME:-default}``, or None when value is not that."""
+    m = re.fullmatch(r"\$\{" + re.escape(name) + r":?-(.*)\}", value)
+    return m.group(1) if m else None
+
+
+def nginx_binary() -> str:
+    """nginx, or skip where it is absent; under CI (CI set) absence fails."""
+    exe = shutil.which("nginx") or next(
+        (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(p, os.X_OK)), None)
+    if exe is None:
+        if os.environ.get("CI"):
+            pytest.fail("nginx is not installed (apt-get install -y nginx) and CI is set")
+        pytest.skip("nginx is not installed (apt-get install -y nginx)")
+    return exe
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def render_native(rundir: Path, port_a: int, port_b: int, lb_port: int) -> Path:
+    text = string.Template(NGINX_TEMPLATE.read_text()).safe_substitute(
+        PORT_A=port_a, PORT_B=port_b, LB_PORT=lb_port, RUNDIR=str(rundir))
+    conf = rundir / "nginx.conf"
+    conf.write_text(text)
+    return conf
+
+
+def nginx_test(exe: str, conf: Path, prefix: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [exe, "-t", "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")],
+        capture_output=True, text=True, timeout=30)
+
+
+# --- (a) the Compose specification's schema ------------------------------------
+
+def test_compose_file_matches_the_compose_schema():
+    result = check_jsonschema(COMPOSE)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("mutation", ["bogus-condition", "misspelt-key"])
+def test_schema_check_rejects_a_broken_compose_file(compose, tmp_path, mutation):
+    # Proves the check above can fail: the same file with one mistake in it.
+    broken = copy.deepcopy(compose)
+    if mutation == "bogus-condition":
+        broken["services"]["server-a"]["depends_on"]["rabbitmq"]["condition"] = "service_ready"
+    else:  # a typo that Compose would silently ignore without the schema
+        broken["services"]["lb"]["depend_on"] = broken["services"]["lb"].pop("depends_on")
+    path = tmp_path / "docker-compose.yml"
+    path.write_text(yaml.safe_dump(broken))
+    result = check_jsonschema(path)
+    assert result.returncode != 0, result.stdout
+    assert "depend" in result.stdout + result.stderr
+
+
+# --- (b) the topology ----------------------------------------------------------
+
+def test_the_services_and_their_images(compose):
+    svc = services(compose)
+    assert set(svc) == {"rabbitmq", "redis", "server-a", "server-b", "worker", "lb"}
+    assert svc["rabbitmq"]["image"] == "rabbitmq:3.10-management"
+    assert svc["redis"]["image"] == "redis:7"
+    assert svc["lb"]["image"] == "nginx:1.25"
+    for name, service in svc.items():
+        # The schema allows a service with neither; Compose would refuse it.
+        assert "image" in service or "build" in service, name
+    for name in (*SERVERS, "worker"):
+        build = svc[name]["build"]
+        context = build if isinstance(build, str) else build.get("context", ".")
+        dockerfile = "Dockerfile" if isinstance(build, str) else build.get("dockerfile", "Dockerfile")
+        assert (ROOT / context / dockerfile).resolve() == DOCKERFILE, name
+    assert DOCKERFILE.exists()
+
+
+def test_backends_have_the_healthchecks_the_others_wait_for(compose):
+    svc = services(compose)
+    rabbit = svc["rabbitmq"]["healthcheck"]["test"]
+    redis = svc["redis"]["healthcheck"]["test"]
+    assert "rabbitmq-diagnostics -q ping" in " ".join(rabbit)
+    assert "redis-cli ping" in " ".join(redis)
+
+
+def test_whoever_uses_rabbitmq_or_redis_waits_for_them_healthy(compose):
+    users = set()
+    for name, service in services(compose).items():
+        env = env_of(service)
+        deps = depends_on(service)
+        for backend, variable in BACKENDS.items():
+            uses = variable in env or any(
+                urlsplit(v).hostname == backend for v in env.values() if "://" in v)
+            if uses:
+                users.add(name)
+                assert deps.get(backend) == "service_healthy", (name, backend, deps)
+    assert users >= {*SERVERS, "worker"}
+
+
+def test_urls_point_at_the_compose_services(compose):
+    for name in (*SERVERS, "worker"):
+        env = env_of(services(compose)[name])
+        broker = urlsplit(env["NOTIFYLAB_BROKER_URL"])
+        redis = urlsplit(env["NOTIFYLAB_REDIS_URL"])
+        assert (broker.scheme, broker.hostname, broker.port) == ("amqp", "rabbitmq", 5672), name
+        assert (redis.scheme, redis.hostname, redis.port) == ("redis", "redis", 6379), name
+
+
+def test_servers_are_two_distinct_instances_sharing_one_secret(compose):
+    svc = services(compose)
+    ids, secrets = [], set()
+    for name in SERVERS:
+        service = svc[name]
+        cmd = command_of(service)
+        assert cmd[:4] == ["python", "-m", "notifylab", "serve"], cmd
+        assert flag(cmd, "--port") == "8080", cmd
+        ids.append(flag(cmd, "--instance-id") or env_of(service).get("NOTIFYLAB_INSTANCE_ID"))
+        env = env_of(service)
+        # Reachable from the lb container, not only from itself.
+        assert env.get("NOTIFYLAB_HOST") == "0.0.0.0", name
+        # From the environment, with a default so the lab starts as it is.
+        assert interpolation_default(env["NOTIFYLAB_SECRET"], "NOTIFYLAB_SECRET"), name
+        secrets.add(env["NOTIFYLAB_SECRET"])
+        assert "/readyz" in " ".join(service["healthcheck"]["test"]), name
+    assert ids == ["a", "b"], ids
+    # One secret for all: a session cookie from one instance works on the other.
+    assert len(secrets) == 1, secrets
+
+
+def test_worker_runs_twice(compose):
+    worker = services(compose)["worker"]
+    assert command_of(worker) == ["python", "-m", "notifylab", "worker"]
+    assert worker["deploy"]["replicas"] == 2
+    assert "container_name" not in worker  # would forbid a second replica
+
+
+def test_lb_fronts_both_servers(compose):
+    lb = services(compose)["lb"]
+    assert set(depends_on(lb)) >= set(SERVERS)
+    assert all(depends_on(lb)[s] == "service_healthy" for s in SERVERS)
+    published = [str(p) for p in lb["ports"]]
+    assert any(p.split(":")[-2:][0] == "8080" for p in published if ":" in p), published
+    mounts = [str(v) for v in lb["volumes"]]
+    assert any(m.split(":")[0] == "./deploy/nginx.conf" for m in mounts), mounts
+    assert NGINX_CONF.exists()
+
+
+def test_only_known_settings_are_used():
+    # Raw text: catches names in ${...} interpolations and comments too, and
+    # the Dockerfile's ENV lines.
+    for path in (COMPOSE, DOCKERFILE):
+        used = set(re.findall(r"NOTIFYLAB_[A-Z0-9_]+", path.read_text()))
+        assert used, path
+        assert used <= KNOWN_SETTINGS, (path.name, sorted(used - KNOWN_SETTINGS))
+
+
+def test_dockerfile_shape():
+    text = DOCKERFILE.read_text()
+    froms = re.findall(r"^FROM\s+(\S+)", text, re.M)
+    assert froms[-1] == "python:3.11-slim", froms
+    assert any(f.startswith("node:") for f in froms[:-1]), froms
+    assert "npm ci" in text and "npm run build" in text
+    assert re.search(r"pip install \.(\s|$)", text)
+    assert re.search(r'^CMD \["python", "-m", "notifylab", "serve"\]', text, re.M)
+    assert (ROOT / "pyproject.toml").exists()
+
+
+def test_nginx_configs_balance_and_stick_socketio():
+    compose_conf = NGINX_CONF.read_text()
+    native = NGINX_TEMPLATE.read_text()
+    assert re.search(r"server\s+server-a:8080", compose_conf)
+    assert re.search(r"server\s+server-b:8080", compose_conf)
+    assert re.search(r"server\s+127\.0\.0\.1:\$\{PORT_A\}", native)
+    assert re.search(r"server\s+127\.0\.0\.1:\$\{PORT_B\}", native)
+    for text in (compose_conf, native):
+        upstream = re.search(r"upstream\s+\w+\s*\{(.*?)\}", text, re.S).group(1)
+        assert re.search(r"^\s*(ip_hash|hash|sticky)\b", upstream, re.M), upstream
+        socketio = re.search(r"location /socket\.io/ \{(.*?)\}", text, re.S).group(1)
+        assert "proxy_http_version 1.1;" in socketio
+        assert re.search(r"proxy_set_header Upgrade \$http_upgrade;", socketio)
+        assert re.search(r"proxy_set_header Connection \$connection_upgrade;", socketio)
+        assert "daemon" not in re.sub(r"#.*", "", text)  # -g 'daemon off;' must stay possible
+
+
+# --- (c) nginx accepts the configs ----------------------------------------------
+
+def test_nginx_accepts_the_native_template(tmp_path):
+    exe = nginx_binary()
+    conf = render_native(tmp_path, free_port(), free_port(), free_port())
+    assert "${" not in conf.read_text()
+    result = nginx_test(exe, conf, tmp_path)
+    assert result.returncode == 0, result.stderr
+
+
+def test_nginx_accepts_the_compose_config(tmp_path):
+    # server-a and server-b resolve only inside the compose network.
+    exe = nginx_binary()
+    text = NGINX_CONF.read_text().replace("server-a:", "127.0.0.1:").replace("server-b:", "127.0.0.1:")
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(text)
+    result = nginx_test(exe, conf, tmp_path)
+    assert result.returncode == 0, result.stderr
+
+
+class _Backend(http.server.BaseHTTPRequestHandler):
+    """Answers with its own name and the headers it was sent."""
+
+    def do_GET(self):
+        body = json.dumps({"name": self.server.name, "path": self.path,
+                           "headers": {k.lower(): v for k, v in self.headers.items()}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_native_lb_sticks_spreads_and_passes_websocket_headers(tmp_path):
+    exe = nginx_binary()
+    backends = []
+    for name in ("a", "b"):
+        srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Backend)
+        srv.daemon_threads = True
+        srv.name = name
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        backends.append(srv)
+    lb_port = free_port()
+    conf = render_native(tmp_path, backends[0].server_address[1], backends[1].server_address[1], lb_port)
+    with open(tmp_path / "nginx.out", "w") as out:
+        proc = subprocess.Popen(
+            [exe, "-p", str(tmp_path), "-c", str(conf), "-e", str(tmp_path / "error.log"),
+             "-g", "daemon off;"], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            assert proc.poll() is None, (tmp_path / "nginx.out").read_text()
+            try:
+                socket.create_connection(("127.0.0.1", lb_port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "nginx did not start listening"
+                time.sleep(0.05)
+
+        def get(path, headers=None):
+            req = urllib.request.Request(f"http://127.0.0.1:{lb_port}{path}", headers=headers or {})
+            with urllib.request.urlopen(req, timeout=5) as resp:
+                return json.load(resp)
+
+        # Without a session cookie: every request of this client on one instance.
+        assert len({get("/socket.io/?EIO=4&transport=polling")["name"] for _ in range(8)}) == 1
+        # With one: the same login always on the same instance, and different
+        # logins spread over both.
+        placed = {}
+        for i in range(24):
+            cookie = {"Cookie": f"notifylab_session=token{i}"}
+            first = get("/socket.io/?EIO=4&transport=polling", cookie)["name"]
+            assert all(get("/api/me", cookie)["name"] == first for _ in range(3))
+            placed[i] = first
+        assert set(placed.values()) == {"a", "b"}, placed
+        # The WebSocket upgrade headers reach the instance, and where the client came from.
+        seen = get("/socket.io/?EIO=4&transport=websocket",
+                   {"Upgrade": "websocket", "Connection": "Upgrade"})["headers"]
+        assert seen["upgrade"] == "websocket"
+        assert seen["connection"].lower() == "upgrade"
+        assert seen["x-forwarded-for"] == "127.0.0.1"
+        assert seen["host"] == f"127.0.0.1:{lb_port}"
+    finally:
+        proc.send_signal(signal.SIGQUIT)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+        for srv in backends:
+            srv.shutdown()
+            srv.server_close()
