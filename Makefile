@@ -3,12 +3,12 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: up test setup services build browser test-python test-frontend clean
+.PHONY: up test setup services build system-deps test-python test-frontend bench clean
 
 up: setup services  ## set up, then run two instances and a worker (Ctrl-C stops them)
 	$(BIN)/notifylab up
 
-test: setup services browser  ## set up, then run every test
+test: setup services system-deps  ## set up, then run every test
 	$(MAKE) test-python test-frontend
 
 setup: $(VENV)/.installed build
@@ -27,14 +27,21 @@ frontend/dist/index.html: frontend/package.json frontend/package-lock.json $(she
 services:
 	bash scripts/services.sh
 
-browser:  ## Debian's Chromium for the browser tests (Playwright must not download its own)
-	test -x /usr/bin/chromium || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
+# Debian's Chromium for the browser tests (Playwright must not download its
+# own) and nginx for the load-balancer config tests.
+system-deps:
+	@test -x /usr/bin/chromium || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
+	@command -v nginx >/dev/null || test -x /usr/sbin/nginx || \
+		(apt-get update -qq && apt-get install -y -qq --no-install-recommends nginx >/dev/null)
 
 test-python:
 	$(BIN)/python -m pytest
 
 test-frontend:
 	cd frontend && npm test
+
+bench: setup services  ## topic routing against fanout, in figures
+	$(BIN)/python benchmarks/routing.py
 
 clean:
 	rm -rf $(VENV) frontend/node_modules frontend/dist
