@@ -9,7 +9,7 @@ up: setup services  ## set up, then run two instances and a worker (Ctrl-C stops
 	$(BIN)/notifylab up
 
 test: setup services system-deps  ## set up, then run every test
-	$(MAKE) test-python test-frontend
+	$(MAKE) test-frontend test-python
 
 setup: $(VENV)/.installed build
 

@@ -173,7 +173,9 @@ async def _disconnect_everyone(app: web.Application) -> None:
     """On a graceful stop, close every socket first: their clients reconnect
     (to another instance, or to this one when it is back), and the server
     does not wait on open websockets."""
-    await app[SERVICES].sio.eio.disconnect()
+    eio = app[SERVICES].sio.eio
+    if eio.sockets:  # engine.io's disconnect() fails on an empty set
+        await eio.disconnect()
 
 
 async def _heartbeat(services: Services) -> None:

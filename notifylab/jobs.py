@@ -18,7 +18,7 @@ import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 
 from .config import Settings
-from .routing import PUBLISH_DEADLINE, connect_broker
+from .routing import PUBLISH_DEADLINE, close_broker, connect_broker
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +92,7 @@ class RabbitJobs:
         await self._queue.consume(on_message)
 
     async def close(self) -> None:
-        if self._connection is not None:
-            await self._connection.close()
+        await close_broker(self._connection)
 
 
 class MemoryJobs:

@@ -70,6 +70,14 @@ async def connect_broker(url: str) -> aio_pika.abc.AbstractRobustConnection:
             logger.setLevel(level)
 
 
+async def close_broker(connection: aio_pika.abc.AbstractConnection | None) -> None:
+    """Close a connection and let aio-pika's close callbacks run: they are
+    tasks of their own, and the loop may end right after this."""
+    if connection is not None:
+        await connection.close()
+        await asyncio.sleep(0.05)
+
+
 class FeedHook:
     """Mixed into a pub/sub manager: notifications go to the feed, every
     received message is counted, and bindings follow local room membership."""
@@ -82,9 +90,6 @@ class FeedHook:
 
     async def unsubscribe(self, user: str) -> None:
         """Stop receiving ``user``'s events on this instance (no-op here)."""
-
-    async def close(self) -> None:
-        """Close broker connections (no-op here)."""
 
     async def _handle_emit(self, message: dict) -> None:
         if self.feed is not None and message.get("event") == "notification":
@@ -192,8 +197,7 @@ class _TopicTransport(AsyncPubSubManager):
 
     async def close(self) -> None:
         for connection in (self._listener, self._publisher):
-            if connection is not None:
-                await connection.close()
+            await close_broker(connection)
 
 
 class TopicManager(FeedHook, _TopicTransport):
@@ -237,8 +241,7 @@ class FanoutManager(FeedHook, socketio.AsyncAioPikaManager):
 
     async def close(self) -> None:
         # The stock manager has no close(); its publisher connection is ours to close.
-        if self.publisher_connection is not None:
-            await self.publisher_connection.close()
+        await close_broker(self.publisher_connection)
 
 
 class MemoryManager(FeedHook, AsyncPubSubManager):
@@ -258,6 +261,9 @@ class MemoryManager(FeedHook, AsyncPubSubManager):
 
     async def _publish(self, data: dict) -> None:
         pass  # emit() already handled it in this process
+
+    async def close(self) -> None:
+        pass
 
     async def _listen(self) -> AsyncIterator[Any]:
         await asyncio.Event().wait()  # nothing ever arrives from elsewhere
