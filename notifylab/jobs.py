@@ -18,7 +18,7 @@ import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 
 from .config import Settings
-from .routing import PUBLISH_DEADLINE, close_broker, connect_broker
+from .routing import close_broker, connect_broker, publish_confirmed
 
 log = logging.getLogger(__name__)
 
@@ -50,21 +50,11 @@ class RabbitJobs:
                        "x-dead-letter-routing-key": self.settings.dead_queue})
 
     async def publish(self, job: dict) -> None:
-        """Queue ``job``; returns once RabbitMQ has confirmed it (retrying
-        while the broker restarts, up to PUBLISH_DEADLINE seconds)."""
+        """Queue ``job``; returns once RabbitMQ has confirmed it."""
         assert self._channel is not None, "start() first"
         message = aio_pika.Message(json.dumps(job).encode(), content_type="application/json",
                                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
-        delay = 0.1
-        async with asyncio.timeout(PUBLISH_DEADLINE):
-            while True:
-                try:
-                    await self._channel.default_exchange.publish(message, routing_key=self.settings.jobs_queue)
-                    return
-                except (aio_pika.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
-                    log.warning("queueing job failed (%s); retrying", exc)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 2.0)
+        await publish_confirmed(self._channel.default_exchange, message, self.settings.jobs_queue)
 
     async def consume(self, handler: Handler, concurrency: int) -> None:
         """Run ``handler`` on jobs, at most ``concurrency`` at once."""

@@ -70,6 +70,23 @@ async def connect_broker(url: str) -> aio_pika.abc.AbstractRobustConnection:
             logger.setLevel(level)
 
 
+async def publish_confirmed(exchange: aio_pika.abc.AbstractExchange, message: aio_pika.Message,
+                            key: str) -> None:
+    """Publish and return once the broker has confirmed it. While the broker
+    is away (a restart), retry with backoff for up to PUBLISH_DEADLINE
+    seconds, then raise TimeoutError: the caller must not take it as sent."""
+    delay = 0.1
+    async with asyncio.timeout(PUBLISH_DEADLINE):
+        while True:
+            try:
+                await exchange.publish(message, routing_key=key)  # a nack raises here
+                return
+            except (aio_pika.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
+                log.warning("publish to %s failed (%s); retrying", key, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+
 async def close_broker(connection: aio_pika.abc.AbstractConnection | None) -> None:
     """Close a connection and let aio-pika's close callbacks run: they are
     tasks of their own, and the loop may end right after this."""
@@ -137,19 +154,8 @@ class _TopicTransport(AsyncPubSubManager):
     async def _publish(self, data: dict) -> None:
         await self.start_publisher()
         assert self._publish_exchange is not None
-        body = json.dumps(data).encode()
-        key = routing_key(data)
-        delay = 0.1
-        async with asyncio.timeout(PUBLISH_DEADLINE):
-            while True:
-                try:
-                    # Returns once the broker confirms: a lost publish raises here.
-                    await self._publish_exchange.publish(aio_pika.Message(body), routing_key=key)
-                    return
-                except (aio_pika.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
-                    log.warning("publish to %s failed (%s); retrying", key, exc)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 2.0)
+        await publish_confirmed(self._publish_exchange, aio_pika.Message(json.dumps(data).encode()),
+                                routing_key(data))
 
     async def start_listener(self) -> None:
         """Declare this instance's queue and start consuming it. Called at
