@@ -52,6 +52,12 @@ class Presence:
             pipe.expire(self._sockets_key(session_id), self.settings.session_ttl)
             await pipe.execute()
 
+    async def set_transport(self, session_id: str, sid: str, transport: str) -> None:
+        raw = await self.redis.hget(self._sockets_key(session_id), sid)
+        if raw:
+            await self.redis.hset(self._sockets_key(session_id), sid,
+                                  json.dumps({**json.loads(raw), "transport": transport}))
+
     async def remove_socket(self, session_id: str, sid: str) -> None:
         await self.redis.hdel(self._sockets_key(session_id), sid)
 

@@ -23,6 +23,7 @@ from .inbox import parse_id
 log = logging.getLogger(__name__)
 
 CONNECT_WAIT_SECONDS = 5
+UPGRADE_WAIT_SECONDS = 5
 
 
 def _cookie_token(environ: dict) -> str | None:
@@ -72,11 +73,23 @@ def register(sio: socketio.AsyncServer, services: Services) -> None:
                 }, to=sid, ignore_queue=True)
 
             await services.feed.attach(sid, user, last_id, before_replay=hello)
+            await _record_upgrade(sid, session_id)
         except TimeoutError:
             log.info("socket %s left before it was connected", sid)
         except Exception:
             log.exception("welcoming socket %s failed; disconnecting it", sid)
             await sio.disconnect(sid)
+
+    async def _record_upgrade(sid: str, session_id: str) -> None:
+        # Browsers connect by long-polling and upgrade to a websocket a moment
+        # later; engine.io has no hook for that, so look for it a little while.
+        for _ in range(UPGRADE_WAIT_SECONDS * 10):
+            if not sio.manager.is_connected(sid, "/"):
+                return
+            if sio.transport(sid) == "websocket":
+                await services.presence.set_transport(session_id, sid, "websocket")
+                return
+            await asyncio.sleep(0.1)
 
     @sio.event
     async def disconnect(sid: str, reason: Any = None) -> None:

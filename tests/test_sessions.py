@@ -95,3 +95,4 @@ async def test_a_wrong_password_and_an_unknown_user_get_the_same_answer(stack):
             await me.login(new_username(), PASSWORD)
     assert wrong.value.status == unknown.value.status == 401
     assert wrong.value.body == unknown.value.body
+

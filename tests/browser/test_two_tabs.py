@@ -171,6 +171,9 @@ def test_two_tabs_on_two_instances_follow_one_operation(stack, new_context):
     mine = tab_b.locator('[data-testid="socket"][data-this-tab="true"]')
     expect(mine).to_have_count(1)
     expect(mine).to_have_attribute("data-instance", "b")
+    # The browser connected by long-polling, then upgraded; the listing (it
+    # refreshes every few seconds) must say so.
+    expect(mine).to_contain_text("websocket")
 
 
 def test_another_user_sees_none_of_it(stack, new_context):
