@@ -48,6 +48,9 @@ class Client:
         self.duplicates = 0  # notifications received again and dropped
         self.out_of_order = 0  # notifications older than one already shown (should stay 0)
         self.unread: int | None = None
+        # The server's unread count includes every notification up to this
+        # id; only newer ones add to it (a replay must not count twice).
+        self._unread_counted_to = "0-0"
         self.hello: dict | None = None
         self.operations: dict[str, dict] = {}  # id -> latest known state
         self.revoked = False
@@ -104,6 +107,7 @@ class Client:
         @self.sio.on("hello")
         async def hello(data: dict) -> None:
             self.hello, self.unread = data, data["unread"]
+            self._unread_counted_to = data["last_id"]
             for op in data["operations"]:
                 self.operations[op["id"]] = op
             self._poke()
@@ -140,7 +144,7 @@ class Client:
         self._seen.add(note["id"])
         self.notifications.append(note)
         self.last_id = note["id"] if self.last_id is None or id_after(note["id"], self.last_id) else self.last_id
-        if self.unread is not None:
+        if self.unread is not None and id_after(note["id"], self._unread_counted_to):
             self.unread += 1
         op = self.operations.setdefault(note["operation"], {"id": note["operation"]})
         op.update({k: note[k] for k in ("kind", "state", "step", "steps", "progress", "message")})

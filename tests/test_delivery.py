@@ -83,6 +83,7 @@ async def test_a_client_that_reconnects_gets_exactly_what_it_missed(stack, clien
     assert roamer.duplicates == 0 and roamer.out_of_order == 0
     assert [n["id"] for n in roamer.notifications] == [n["id"] for n in watcher.notifications]
     assert len(roamer.notifications) > seen_before
+    assert roamer.unread == watcher.unread == len(watcher.notifications)  # replayed ones counted once
     assert types(roamer.of_operation(op["id"])) == expected_types(10)
 
 
