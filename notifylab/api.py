@@ -9,7 +9,8 @@ from typing import Any, Awaitable, Callable
 from aiohttp import web
 
 from .app import SERVICES, Services
-from .errors import BadRequest, NotFound, NotifylabError, ServiceUnavailable, Unauthorized
+from .errors import BadRequest, NotFound, NotifylabError, Unauthorized
+from .inbox import parse_id
 from .kinds import KINDS
 from .metrics import CONTENT_TYPE_LATEST
 from .sessions import Session
@@ -167,8 +168,6 @@ async def cancel_operation(request: web.Request) -> web.Response:
 
 
 async def get_inbox(request: web.Request) -> web.Response:
-    from .inbox import parse_id
-
     session = await current_session(request)
     inbox = services(request).inbox
     try:

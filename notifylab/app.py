@@ -18,7 +18,7 @@ from aiohttp import web
 from .accounts import Accounts
 from .config import Settings
 from .feed import Feed
-from .inbox import Inbox
+from .inbox import Inbox, parse_id
 from .jobs import MemoryJobs, RabbitJobs, make_jobs
 from .kinds import get_kind
 from .metrics import Metrics
@@ -89,8 +89,6 @@ class Services:
         return op
 
     async def mark_read(self, user: str, up_to: object) -> tuple[str, int]:
-        from .inbox import parse_id
-
         if parse_id(up_to) is None:
             raise BadRequest("up_to must be a notification id like '1732512345678-0'", "up_to")
         mark, unread = await self.inbox.mark_read(user, str(up_to))

@@ -29,7 +29,9 @@ class Outcome(enum.Enum):
     DEAD = "dead"  # reject into the dead-letter queue
 
 
-Handler = Callable[[dict, bool], Awaitable[Outcome]]  # (job, redelivered) -> outcome
+# job -> outcome. Whether a job is a redelivery is read from the operation's
+# record in Redis, which also knows how far it got, not from the broker's flag.
+Handler = Callable[[dict], Awaitable[Outcome]]
 
 
 class RabbitJobs:
@@ -68,7 +70,7 @@ class RabbitJobs:
                 log.error("dead-lettering a job that is not JSON: %r", message.body[:200])
                 await message.reject(requeue=False)
                 return
-            outcome = await handler(job, bool(message.redelivered))
+            outcome = await handler(job)
             try:
                 if outcome is Outcome.DONE:
                     await message.ack()
@@ -90,7 +92,7 @@ class MemoryJobs:
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.queue: asyncio.Queue[tuple[dict, bool]] = asyncio.Queue()
+        self.queue: asyncio.Queue[dict] = asyncio.Queue()
         self.dead: list[dict] = []
         self._tasks: list[asyncio.Task] = []
 
@@ -98,15 +100,15 @@ class MemoryJobs:
         pass
 
     async def publish(self, job: dict) -> None:
-        await self.queue.put((job, False))
+        await self.queue.put(job)
 
     async def consume(self, handler: Handler, concurrency: int) -> None:
         async def run() -> None:
             while True:
-                job, redelivered = await self.queue.get()
-                outcome = await handler(job, redelivered)
+                job = await self.queue.get()
+                outcome = await handler(job)
                 if outcome is Outcome.RETRY:
-                    await self.queue.put((job, True))
+                    await self.queue.put(job)
                 elif outcome is Outcome.DEAD:
                     self.dead.append(job)
 

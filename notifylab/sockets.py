@@ -51,13 +51,14 @@ def register(sio: socketio.AsyncServer, services: Services) -> None:
         if last_id is not None and parse_id(last_id) is None:
             raise socketio.exceptions.ConnectionRefusedError("last_id is not a notification id")
         await sio.save_session(sid, {"user": session.user, "session": session.id})
-        await services.presence.add_socket(session.id, sid, services.instance, sio.transport(sid))
+        transport = sio.transport(sid)
+        await services.presence.add_socket(session.id, sid, services.instance, transport)
         services.metrics.sockets.inc()
-        task = asyncio.create_task(_welcome(sid, session.user, session.id, last_id))
+        task = asyncio.create_task(_welcome(sid, session.user, session.id, last_id, transport))
         welcomes.add(task)
         task.add_done_callback(welcomes.discard)
 
-    async def _welcome(sid: str, user: str, session_id: str, last_id: str | None) -> None:
+    async def _welcome(sid: str, user: str, session_id: str, last_id: str | None, transport: str) -> None:
         # The connect handler runs before the client is told it is connected;
         # anything emitted then would be dropped, so wait for that moment.
         try:
@@ -73,7 +74,8 @@ def register(sio: socketio.AsyncServer, services: Services) -> None:
                 }, to=sid, ignore_queue=True)
 
             await services.feed.attach(sid, user, last_id, before_replay=hello)
-            await _record_upgrade(sid, session_id)
+            if transport == "polling":
+                await _record_upgrade(sid, session_id)
         except TimeoutError:
             log.info("socket %s left before it was connected", sid)
         except Exception:

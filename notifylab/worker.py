@@ -55,7 +55,7 @@ class Worker:
         await self.emitter.emit("notification", note, room=user_room(op.user))
         return op
 
-    async def handle(self, job: dict, redelivered: bool) -> Outcome:
+    async def handle(self, job: dict) -> Outcome:
         """Run one job to its end; never raises (the outcome says what to do)."""
         try:
             return await self._handle(job)

@@ -7,7 +7,6 @@ import aio_pika
 import redis.asyncio as aioredis
 
 from support import BROKER, REDIS, servers
-from notifylab.client import Client
 from notifylab.config import Settings
 from notifylab.inbox import Inbox, id_after
 from notifylab.routing import user_room
