@@ -35,7 +35,7 @@ import aio_pika
 import aiohttp
 import redis.asyncio as aioredis
 
-from notifylab.client import Client
+from notifylab.lab.client import Client
 from notifylab.config import Settings
 from notifylab.lab import Lab, LabProcess
 

@@ -1,11 +1,12 @@
 """notifylab: real-time notifications across a distributed system, to learn from.
 
-The parts, each in its own module: ``config`` (settings), ``accounts`` and
-``sessions`` (who you are), ``kinds`` and ``operations`` (what you run),
-``inbox`` (what you were told), ``jobs`` and ``worker`` (running it),
-``routing`` and ``feed`` (getting the news to every socket), ``app``, ``api``
-and ``sockets`` (a server instance), ``client`` (a Python session), ``lab``
-(processes to start and kill).
+The folders are the boxes of the architecture picture (docs/architecture.md):
+``store`` (Redis), ``bus`` (RabbitMQ), ``server`` (one instance), ``worker``
+(runs operations), ``lab`` (the kernel side: a client, processes,
+inspectors) and ``widgets`` (live panels for notebooks). Beside them:
+``config`` (settings), ``ids`` (notification ids), ``protocol`` (what
+servers and clients agree on), ``kinds`` (the operations one can start),
+``errors`` and ``cli``.
 """
 from .config import Settings
 

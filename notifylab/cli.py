@@ -65,7 +65,7 @@ def _wait_for_signal() -> asyncio.Event:
 
 
 async def _serve(settings: Settings) -> None:
-    from .app import create_app
+    from .server.app import create_app
 
     runner = web.AppRunner(create_app(settings), handle_signals=False, access_log=None,
                            shutdown_timeout=5)
@@ -81,9 +81,9 @@ async def _serve(settings: Settings) -> None:
 
 
 async def _worker(settings: Settings, worker_id: str | None) -> None:
-    from .jobs import make_jobs
-    from .routing import make_manager
-    from .store import connect_redis
+    from .bus.jobs import make_jobs
+    from .bus.managers import make_manager
+    from .store.connect import connect_redis
     from .worker import Worker
 
     if settings.memory:
@@ -107,7 +107,7 @@ async def _worker(settings: Settings, worker_id: str | None) -> None:
 
 
 async def _up(settings: Settings, ports: list[int], workers: int) -> int:
-    from .lab import Lab
+    from .lab.processes import Lab
 
     if settings.memory:
         print("embedded mode: one instance only (memory:// cannot be shared between processes)")

@@ -12,6 +12,7 @@ import socket
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
+from urllib.parse import urlsplit, urlunsplit
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_STATIC_DIR = PACKAGE_DIR.parent / "frontend" / "dist"
@@ -34,8 +35,7 @@ def _bool(text: str) -> bool:
 class Settings:
     """The configuration of one notifylab process (server or worker).
 
-    Build it with :meth:`from_env`; override single values with
-    :meth:`replace`. ``secret`` is hidden from ``repr`` so that logging the
+    Build it with :meth:`from_env`. ``secret`` is hidden from ``repr`` so that logging the
     settings never leaks it.
     """
 
@@ -111,10 +111,6 @@ class Settings:
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
-    def replace(self, **changes: Any) -> "Settings":
-        """A copy with some values changed."""
-        return dataclasses.replace(self, **changes)
-
     # Names on the broker and in Redis, derived from the prefix so that a test
     # run (or a second lab) can share one RabbitMQ and one Redis with others.
     @property
@@ -152,3 +148,12 @@ def _cast(f: dataclasses.Field, env_name: str, raw: str) -> Any:
     except ValueError:
         raise ConfigError(f"{env_name}={raw!r} is not a valid {kind}") from None
     return raw
+
+
+def redact(url: str) -> str:
+    """The URL with its password replaced by ``***``, fit for an error message."""
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url

@@ -22,7 +22,7 @@ class Param:
     optional: bool = False
     help: str = ""
 
-    def describe(self) -> dict:
+    def as_dict(self) -> dict:
         return {"type": self.type.__name__, "min": self.min, "max": self.max,
                 "default": self.default, "optional": self.optional, "help": self.help}
 
@@ -45,9 +45,9 @@ class Kind:
     step_messages: tuple[str, ...]
     params: dict[str, Param] = field(default_factory=dict)
 
-    def describe(self) -> dict:
+    def as_dict(self) -> dict:
         return {"name": self.name, "title": self.title, "description": self.description,
-                "params": {n: p.describe() for n, p in self.params.items()}}
+                "params": {n: p.as_dict() for n, p in self.params.items()}}
 
     def step_message(self, step: int, steps: int) -> str:
         text = self.step_messages[(step - 1) % len(self.step_messages)]

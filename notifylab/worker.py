@@ -1,8 +1,8 @@
 """The worker: runs operations taken from the jobs queue and reports on them.
 
 For each step it records the new state and appends a notification to the
-user's inbox stream in one Redis transaction (``operations.py``), then
-publishes the notification (``routing.py``). The job is acked only when the
+user's inbox stream in one Redis transaction (``store/operations.py``),
+then publishes the notification (``bus/managers.py``). The job is acked only when the
 operation has ended, so a killed worker's job goes to another worker, which
 carries on from the last recorded step and says that it restarted.
 """
@@ -15,12 +15,13 @@ import socket
 
 from redis.asyncio import Redis
 
+from .bus.jobs import Jobs, Outcome
+from .bus.managers import Manager
 from .config import Settings
-from .inbox import Inbox
-from .jobs import MemoryJobs, Outcome, RabbitJobs
 from .kinds import KINDS
-from .operations import TERMINAL, Operation, Operations, TransitionRefused
-from .routing import user_room
+from .protocol import user_room
+from .store.inbox import Inbox
+from .store.operations import TERMINAL, Operation, Operations, TransitionRefused
 
 log = logging.getLogger(__name__)
 CANCEL_POLL_SECONDS = 0.2  # how often a running step checks whether it was cancelled
@@ -35,7 +36,7 @@ class Worker:
     """Runs jobs. ``emitter`` is a python-socketio client manager (write-only
     on RabbitMQ, the server's own in the embedded mode)."""
 
-    def __init__(self, settings: Settings, redis: Redis, jobs: RabbitJobs | MemoryJobs, emitter,
+    def __init__(self, settings: Settings, redis: Redis, jobs: Jobs, emitter: Manager,
                  worker_id: str | None = None):
         self.settings = settings
         self.jobs = jobs

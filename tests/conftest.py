@@ -12,7 +12,7 @@ from typing import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from notifylab.client import Client
+from notifylab.lab.client import Client
 from notifylab.lab import Lab
 from support import PASSWORD, PREFIXES, check_services, new_prefix, new_username, remove
 

@@ -5,7 +5,7 @@ import aiohttp
 import pytest
 
 from support import PASSWORD, servers
-from notifylab.client import Client, ClientError
+from notifylab.lab.client import Client, ClientError
 
 
 @pytest.fixture

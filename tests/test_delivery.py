@@ -8,8 +8,9 @@ import redis.asyncio as aioredis
 
 from support import BROKER, REDIS, servers
 from notifylab.config import Settings
-from notifylab.inbox import Inbox, id_after
-from notifylab.routing import user_room
+from notifylab.ids import id_after
+from notifylab.store.inbox import Inbox
+from notifylab.protocol import user_room
 
 STEPS = 6
 

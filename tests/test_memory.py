@@ -8,11 +8,11 @@ import fakeredis
 import pytest
 
 from support import new_username
-from notifylab.client import Client
+from notifylab.lab.client import Client
 from notifylab.config import ConfigError, Settings
-from notifylab.inbox import Inbox
+from notifylab.store.inbox import Inbox
 from notifylab.lab import Lab
-from notifylab.operations import Operations, TransitionRefused
+from notifylab.store.operations import Operations, TransitionRefused
 
 MEMORY = {"NOTIFYLAB_BROKER_URL": "memory://", "NOTIFYLAB_REDIS_URL": "memory://"}
 

@@ -7,7 +7,7 @@ import aio_pika
 import pytest
 
 from support import BROKER, servers
-from notifylab.client import ClientError
+from notifylab.lab.client import ClientError
 
 
 async def test_an_operation_can_fail_at_a_step(stack, clients):

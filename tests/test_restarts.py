@@ -8,7 +8,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from support import servers
-from notifylab.inbox import id_after
+from notifylab.ids import id_after
 from notifylab.lab import free_port
 
 STEPS = 16

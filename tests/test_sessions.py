@@ -6,7 +6,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from support import PASSWORD, REDIS, new_username, servers
-from notifylab.client import Client, ClientError
+from notifylab.lab.client import Client, ClientError
 
 
 async def test_the_cookie_is_httponly_samesite_and_works_on_every_instance(stack):

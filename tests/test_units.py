@@ -8,9 +8,9 @@ import pytest
 
 from notifylab.config import ConfigError, Settings
 from notifylab.errors import BadRequest
-from notifylab.inbox import id_after, parse_id
+from notifylab.ids import id_after, parse_id
 from notifylab.kinds import KINDS, get_kind
-from notifylab.routing import routing_key
+from notifylab.bus.managers import routing_key
 
 
 def test_settings_come_from_the_environment_and_flags_win():
@@ -38,7 +38,7 @@ def test_bad_settings_name_the_variable(env, fragment):
 
 def test_kinds_fill_defaults_and_describe_their_parameters():
     assert get_kind("report").validate({}) == {"steps": 8, "step_seconds": 0.5}
-    described = KINDS["train"].describe()
+    described = KINDS["train"].as_dict()
     assert described["params"]["steps"] == {"type": "int", "min": 1, "max": 100, "default": 20,
                                             "optional": False, "help": "how many steps the operation runs"}
     with pytest.raises(BadRequest) as error:

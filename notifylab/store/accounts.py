@@ -14,8 +14,8 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerifyMismatchError
 from redis.asyncio import Redis
 
-from .config import Settings
-from .errors import BadRequest, Conflict, Unauthorized
+from ..config import Settings
+from ..errors import BadRequest, Conflict, Unauthorized
 
 USERNAME = re.compile(r"^[a-z0-9_-]{3,32}$")  # no dots: it becomes a routing key
 PASSWORD_MIN, PASSWORD_MAX = 8, 128
@@ -70,6 +70,3 @@ class Accounts:
         if stored is None:
             raise Unauthorized("wrong username or password")
         return username
-
-    async def exists(self, username: str) -> bool:
-        return bool(await self.redis.exists(self._key(username)))

@@ -2,22 +2,12 @@
 from __future__ import annotations
 
 import asyncio
-from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from .config import Settings
-from .errors import ServiceUnavailable
-
-
-def redact(url: str) -> str:
-    """The URL with its password replaced by ``***``, fit for an error message."""
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
+from ..config import Settings, redact
+from ..errors import ServiceUnavailable
 
 
 async def connect_redis(settings: Settings) -> aioredis.Redis:

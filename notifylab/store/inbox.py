@@ -5,35 +5,20 @@ per stream, so "what did I miss since X" is one XRANGE, and any two
 notifications of a user compare by id. Each appended notification also
 carries ``prev``, the id that was last before it: an instance that receives a
 notification whose ``prev`` is not the last one it delivered knows it missed
-something, and reads the gap from the stream (see ``feed.py``).
+something, and reads the gap from the stream (see ``server/feed.py``).
 """
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, cast
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import WatchError
 
-from .config import Settings
-
-ZERO = "0-0"
-
-
-def parse_id(text: object) -> tuple[int, int] | None:
-    """``"1732512345678-3"`` -> (1732512345678, 3); None if not a stream id."""
-    if not isinstance(text, str) or text.count("-") != 1:
-        return None
-    ms, _, seq = text.partition("-")
-    if not (ms.isdigit() and seq.isdigit()):
-        return None
-    return int(ms), int(seq)
-
-
-def id_after(a: str, b: str) -> bool:
-    """True if stream id ``a`` comes after ``b``."""
-    return parse_id(a) > parse_id(b)
+from ..config import Settings
+from ..ids import ZERO, id_after
+from ..protocol import BusNotification, Notification
 
 
 class Inbox:
@@ -50,7 +35,7 @@ class Inbox:
     def _read_key(self, user: str) -> str:
         return self.settings.key("read", user)
 
-    def queue_append(self, pipe: Pipeline, user: str, notification: dict) -> None:
+    def queue_append(self, pipe: Pipeline, user: str, notification: dict[str, Any]) -> None:
         """Add the append to a transaction ``pipe``; its last two results are
         [the previous newest entry] and the new id (see :meth:`appended`)."""
         pipe.xrevrange(self.key(user), count=1)
@@ -58,26 +43,26 @@ class Inbox:
                   maxlen=self.settings.inbox_max, approximate=True)
 
     @staticmethod
-    def appended(results: list, notification: dict) -> dict:
+    def appended(results: list, notification: dict[str, Any]) -> BusNotification:
         """The notification with the ``id`` and ``prev`` a transaction gave it."""
         previous, new_id = results[-2], results[-1]
-        return {**notification, "id": new_id, "prev": previous[0][0] if previous else ZERO}
+        return cast(BusNotification, {**notification, "id": new_id, "prev": previous[0][0] if previous else ZERO})
 
-    async def append(self, user: str, notification: dict) -> dict:
+    async def append(self, user: str, notification: dict[str, Any]) -> BusNotification:
         async with self.redis.pipeline(transaction=True) as pipe:
             self.queue_append(pipe, user, notification)
             return self.appended(await pipe.execute(), notification)
 
     @staticmethod
-    def _decode(entries: list) -> list[dict]:
-        return [{**json.loads(fields["n"]), "id": entry_id} for entry_id, fields in entries]
+    def _decode(entries: list) -> list[Notification]:
+        return [cast(Notification, {**json.loads(fields["n"]), "id": entry_id}) for entry_id, fields in entries]
 
-    async def after(self, user: str, after: str = ZERO, upto: str = "+", limit: int | None = None) -> list[dict]:
+    async def after(self, user: str, after: str = ZERO, upto: str = "+", limit: int | None = None) -> list[Notification]:
         """Notifications with ids after ``after`` (and up to ``upto``), oldest first."""
         entries = await self.redis.xrange(self.key(user), min=f"({after}", max=upto, count=limit)
         return self._decode(entries)
 
-    async def latest(self, user: str, limit: int = 100) -> list[dict]:
+    async def latest(self, user: str, limit: int = 100) -> list[Notification]:
         """The newest ``limit`` notifications, oldest first."""
         entries = await self.redis.xrevrange(self.key(user), count=limit)
         return self._decode(entries[::-1])
@@ -120,7 +105,3 @@ class Inbox:
                     continue
         return mark, await self.unread(user)
 
-
-def public(notification: dict[str, Any]) -> dict[str, Any]:
-    """The notification as clients see it (without the internal ``prev``)."""
-    return {k: v for k, v in notification.items() if k != "prev"}

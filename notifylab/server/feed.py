@@ -27,9 +27,10 @@ from typing import Awaitable, Callable
 
 import socketio
 
-from .inbox import Inbox, id_after, public
+from ..ids import id_after
+from ..protocol import BusNotification, Notification, to_client, user_room
+from ..store.inbox import Inbox
 from .metrics import Metrics
-from .routing import user_room
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ class Feed:
             replayed = 0
             if last_id is not None and id_after(cursor, last_id):
                 for note in await self.inbox.after(user, last_id, upto=cursor):
-                    await self.sio.emit("notification", public(note), to=sid, ignore_queue=True)
+                    await self.sio.emit("notification", to_client(note), to=sid, ignore_queue=True)
                     replayed += 1
                 self.metrics.replayed.inc(replayed)
             await self.sio.enter_room(sid, user_room(user))
@@ -87,7 +88,7 @@ class Feed:
                 del self.members[user], self.cursors[user]
                 await self.manager.unsubscribe(user)
 
-    async def receive(self, note: dict) -> None:
+    async def receive(self, note: BusNotification) -> None:
         """A notification arrived from the bus (or from this process)."""
         user = note.get("user")
         if user not in self.members:
@@ -118,10 +119,10 @@ class Feed:
                         self.metrics.gaps.inc()
                         await self._emit(user, batch)
 
-    async def _emit(self, user: str, batch: list[dict]) -> None:
+    async def _emit(self, user: str, batch: list[Notification] | list[BusNotification]) -> None:
         room = user_room(user)
         for note in batch:
-            await self.sio.emit("notification", public(note), room=room, ignore_queue=True)
+            await self.sio.emit("notification", to_client(note), room=room, ignore_queue=True)
             self.cursors[user] = note["id"]
             self.metrics.delivered.inc(len(self.members[user]))
             self.metrics.latency.observe(max(0.0, time.time() - note["ts"] / 1000))

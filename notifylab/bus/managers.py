@@ -8,39 +8,33 @@ publishes an event for room ``user:<name>`` with routing key ``user.<name>``
 on a topic exchange, and each instance's queue is bound only to the users it
 holds sockets for. An instance then receives only what its own users need.
 
-Both managers hand notifications to the instance's ``Feed`` (``feed.py``)
-instead of emitting them straight away: the feed is what makes delivery
-ordered, gap-free and duplicate-free.
+On a server, both hand notifications to the instance's feed
+(``server/feed.py``, through ``DeliveryHook.deliver``) instead of emitting
+them straight away: the feed is what makes delivery ordered, gap-free and
+duplicate-free. Workers use the same managers write-only, to publish.
+
+Every manager here has ``start_publisher()``, ``start_listener()`` and
+``close()`` besides python-socketio's interface (see ``make_manager``).
 """
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
-from typing import TYPE_CHECKING, Any, AsyncIterator
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import aio_pika
 import socketio
 from aio_pika.abc import AbstractIncomingMessage
 from socketio.async_pubsub_manager import AsyncPubSubManager
 
-from .config import Settings
-from .errors import ServiceUnavailable
-from .store import redact
-
-if TYPE_CHECKING:
-    from .feed import Feed
-    from .metrics import Metrics
+from ..config import Settings
+from ..protocol import BusNotification
+from .broker import close_broker, connect_broker, publish_confirmed
 
 log = logging.getLogger(__name__)
 
-PUBLISH_DEADLINE = 30.0  # seconds a publish keeps retrying (broker restarting) before it fails
 LISTEN_PREFETCH = 256
-
-
-def user_room(user: str) -> str:
-    """The Socket.IO room that holds every socket of ``user``."""
-    return f"user:{user}"
 
 
 def routing_key(message: dict) -> str:
@@ -52,55 +46,18 @@ def routing_key(message: dict) -> str:
     return "control." + str(message.get("method"))
 
 
-async def connect_broker(url: str) -> aio_pika.abc.AbstractRobustConnection:
-    """A robust (auto-reconnecting) connection; a one-line error if the
-    broker does not answer within five seconds."""
-    # aio-pika and aiormq log a failed first attempt themselves; we raise one
-    # clear line instead, so quiet them for this attempt only.
-    quiet = [logging.getLogger(name) for name in ("aiormq.connection", "aio_pika.robust_connection")]
-    levels = [logger.level for logger in quiet]
-    for logger in quiet:
-        logger.setLevel(logging.CRITICAL)
-    try:
-        return await aio_pika.connect_robust(url, timeout=5)
-    except (OSError, asyncio.TimeoutError, aio_pika.exceptions.AMQPError) as exc:
-        raise ServiceUnavailable(f"cannot reach RabbitMQ at {redact(url)}: {exc or type(exc).__name__}") from None
-    finally:
-        for logger, level in zip(quiet, levels):
-            logger.setLevel(level)
+class DeliveryHook:
+    """Mixed into a pub/sub manager so that the server can take over what
+    arrives from the bus: notifications go to ``deliver`` (the instance's
+    feed) instead of straight to the sockets, each message received is
+    reported to ``on_message`` (a metric), and ``on_reconnect`` callbacks run
+    after the listener reconnected. The server sets them; a write-only
+    manager (a worker's) leaves them unset. Nothing here knows the server.
+    """
 
-
-async def publish_confirmed(exchange: aio_pika.abc.AbstractExchange, message: aio_pika.Message,
-                            key: str) -> None:
-    """Publish and return once the broker has confirmed it. While the broker
-    is away (a restart), retry with backoff for up to PUBLISH_DEADLINE
-    seconds, then raise TimeoutError: the caller must not take it as sent."""
-    delay = 0.1
-    async with asyncio.timeout(PUBLISH_DEADLINE):
-        while True:
-            try:
-                await exchange.publish(message, routing_key=key)  # a nack raises here
-                return
-            except (aio_pika.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
-                log.warning("publish to %s failed (%s); retrying", key, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
-
-
-async def close_broker(connection: aio_pika.abc.AbstractConnection | None) -> None:
-    """Close a connection and let aio-pika's close callbacks run: they are
-    tasks of their own, and the loop may end right after this."""
-    if connection is not None:
-        await connection.close()
-        await asyncio.sleep(0.05)
-
-
-class FeedHook:
-    """Mixed into a pub/sub manager: notifications go to the feed, every
-    received message is counted, and bindings follow local room membership."""
-
-    feed: "Feed | None" = None
-    metrics: "Metrics | None" = None
+    deliver: Callable[[BusNotification], Awaitable[None]] | None = None
+    on_message: Callable[[], None] | None = None
+    on_reconnect: list[Callable[[], Awaitable[None]]]
 
     async def subscribe(self, user: str) -> None:
         """Start receiving ``user``'s events on this instance (no-op here)."""
@@ -108,16 +65,21 @@ class FeedHook:
     async def unsubscribe(self, user: str) -> None:
         """Stop receiving ``user``'s events on this instance (no-op here)."""
 
+    # python-socketio's AsyncPubSubManager calls _handle_emit(message) for
+    # each emit it receives, with message["data"] the emit's arguments as
+    # published by emit(): a tuple/list whose first item is our payload. That
+    # format is python-socketio's, not ours: tests/test_contract.py fails if
+    # an upgrade changes it, rather than letting delivery degrade silently.
     async def _handle_emit(self, message: dict) -> None:
-        if self.feed is not None and message.get("event") == "notification":
-            await self.feed.receive(message["data"][0])
+        if self.deliver is not None and message.get("event") == "notification":
+            await self.deliver(message["data"][0])
         else:
             await super()._handle_emit(message)  # type: ignore[misc]
 
     async def _listen(self) -> AsyncIterator[Any]:
         async for message in super()._listen():  # type: ignore[misc]
-            if self.metrics is not None:
-                self.metrics.bus_received.inc()
+            if self.on_message is not None:
+                self.on_message()
             yield message
 
 
@@ -138,7 +100,7 @@ class _TopicTransport(AsyncPubSubManager):
         self._listen_exchange: aio_pika.abc.AbstractExchange | None = None
         self._ready = asyncio.Event()
         self._inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
-        self.on_reconnect: list = []  # coroutines run after the listener reconnects
+        self.on_reconnect = []  # coroutines run after the listener reconnects
 
     async def _exchange(self, connection: aio_pika.abc.AbstractRobustConnection) -> aio_pika.abc.AbstractExchange:
         channel = await connection.channel()  # publisher confirms are on by default
@@ -206,7 +168,7 @@ class _TopicTransport(AsyncPubSubManager):
             await close_broker(connection)
 
 
-class TopicManager(FeedHook, _TopicTransport):
+class TopicManager(DeliveryHook, _TopicTransport):
     """Per-user topic routing (notifylab's default)."""
 
     async def subscribe(self, user: str) -> None:
@@ -215,13 +177,8 @@ class TopicManager(FeedHook, _TopicTransport):
     async def unsubscribe(self, user: str) -> None:
         await self._bind(user, False)
 
-    def initialize(self) -> None:
-        # The listener is started by the server (start_listener) before it
-        # accepts sockets; the base class starts the reading task.
-        super().initialize()
 
-
-class FanoutManager(FeedHook, socketio.AsyncAioPikaManager):
+class FanoutManager(DeliveryHook, socketio.AsyncAioPikaManager):
     """python-socketio's stock manager (fanout: every instance gets every
     event), kept as the comparison mode ``NOTIFYLAB_ROUTING=fanout``."""
 
@@ -229,7 +186,7 @@ class FanoutManager(FeedHook, socketio.AsyncAioPikaManager):
         super().__init__(url=settings.broker_url, channel=settings.fanout_exchange,
                          write_only=write_only, logger=logger)
         self.settings = settings
-        self.on_reconnect: list = []
+        self.on_reconnect = []
 
     async def start_publisher(self) -> None:
         # The stock _publish() connects lazily and sets publisher_connection
@@ -250,14 +207,14 @@ class FanoutManager(FeedHook, socketio.AsyncAioPikaManager):
         await close_broker(self.publisher_connection)
 
 
-class MemoryManager(FeedHook, AsyncPubSubManager):
+class MemoryManager(DeliveryHook, AsyncPubSubManager):
     """The embedded mode's manager: one process, so every emit is local."""
 
     name = "notifylab-memory"
 
     def __init__(self, settings: Settings, write_only: bool = False, logger: Any = None):
         super().__init__(write_only=write_only, logger=logger)
-        self.on_reconnect: list = []
+        self.on_reconnect = []
 
     async def start_publisher(self) -> None:
         pass
@@ -276,7 +233,10 @@ class MemoryManager(FeedHook, AsyncPubSubManager):
         yield  # pragma: no cover
 
 
-def make_manager(settings: Settings, write_only: bool = False):
+Manager = TopicManager | FanoutManager | MemoryManager
+
+
+def make_manager(settings: Settings, write_only: bool = False) -> Manager:
     """The client manager that ``settings`` ask for."""
     if settings.memory:
         return MemoryManager(settings, write_only=write_only)

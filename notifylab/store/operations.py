@@ -15,9 +15,10 @@ from dataclasses import asdict, dataclass, field
 from redis.asyncio import Redis
 from redis.exceptions import WatchError
 
-from .config import Settings
+from ..config import Settings
+from ..ids import now_ms
+from ..protocol import BusNotification
 from .inbox import Inbox
-from .sessions import now_ms
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
 ACTIVE = {"queued", "running", "restarted"}
@@ -54,7 +55,7 @@ class Operation:
     def progress(self) -> float:
         return round(self.step / self.steps, 4) if self.steps else 0.0
 
-    def public(self) -> dict:
+    def as_dict(self) -> dict:
         return {**asdict(self), "progress": self.progress}
 
     def to_redis(self) -> dict:
@@ -100,7 +101,7 @@ class Operations:
         ops = [await self.get(op_id) for op_id in ids]
         return [op for op in ops if op is not None]
 
-    async def create(self, user: str, kind: str, params: dict) -> tuple[Operation, dict]:
+    async def create(self, user: str, kind: str, params: dict) -> tuple[Operation, BusNotification]:
         """Record a new queued operation; returns it and its 'queued' notification."""
         op = Operation(secrets.token_hex(8), user, kind, params, steps=params["steps"],
                        message="Waiting for a worker")
@@ -113,7 +114,7 @@ class Operations:
         return op, self.inbox.appended(results, note)
 
     async def transition(self, op_id: str, type_: str, attempt: int | None = None,
-                         **changes) -> tuple[Operation, dict]:
+                         **changes) -> tuple[Operation, BusNotification]:
         """Move the operation to the state ``type_`` implies, apply
         ``changes`` to its record and append the notification, atomically.
 

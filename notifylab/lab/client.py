@@ -21,9 +21,8 @@ from typing import Any, Callable
 import aiohttp
 import socketio
 
-from .inbox import id_after
-
-COOKIE = "notifylab_session"
+from ..ids import ZERO, id_after
+from ..protocol import COOKIE, TERMINAL_TYPES, Notification
 
 
 class ClientError(Exception):
@@ -43,14 +42,14 @@ class Client:
                                         reconnection_delay_max=1.0, randomization_factor=0.2)
         self.token: str | None = None
         self.user: str | None = None
-        self.notifications: list[dict] = []  # each once, in the order received
+        self.notifications: list[Notification] = []  # each once, in the order received
         self.last_id: str | None = None
         self.duplicates = 0  # notifications received again and dropped
         self.out_of_order = 0  # notifications older than one already shown (should stay 0)
         self.unread: int | None = None
         # The server's unread count includes every notification up to this
         # id; only newer ones add to it (a replay must not count twice).
-        self._unread_counted_to = "0-0"
+        self._unread_counted_to = ZERO
         self.hello: dict | None = None
         self.operations: dict[str, dict] = {}  # id -> latest known state
         self.revoked = False
@@ -210,8 +209,7 @@ class Client:
 
     async def wait_operation(self, op_id: str, timeout: float = 30) -> dict:
         """Wait for the operation to end; returns its final notification."""
-        terminal = {"operation.succeeded", "operation.failed", "operation.cancelled"}
-        await self.wait_for(lambda: any(n["operation"] == op_id and n["type"] in terminal
+        await self.wait_for(lambda: any(n["operation"] == op_id and n["type"] in TERMINAL_TYPES
                                         for n in self.notifications), timeout)
         return next(n for n in reversed(self.notifications) if n["operation"] == op_id)
 

@@ -1,6 +1,7 @@
 """The REST API (JSON under ``/api/``), health checks, metrics and the web client."""
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from pathlib import Path
@@ -8,16 +9,18 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
-from .app import SERVICES, Services
-from .errors import BadRequest, NotFound, NotifylabError, Unauthorized
-from .inbox import parse_id
-from .kinds import KINDS
+from ..config import Settings
+from ..errors import BadRequest, NotFound, NotifylabError, Unauthorized
+from ..ids import is_id
+from ..kinds import KINDS
+from ..protocol import COOKIE
+from ..store.sessions import Session
 from .metrics import CONTENT_TYPE_LATEST
-from .sessions import Session
+from .services import Services
 
 log = logging.getLogger(__name__)
 
-COOKIE = "notifylab_session"
+SERVICES = web.AppKey("services", Services)
 SESSION = web.RequestKey("session", Session)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -78,7 +81,7 @@ def _with_cookie(response: web.Response, request: web.Request, token: str) -> we
 
 async def _login_response(request: web.Request, user: str, status: int) -> web.Response:
     token, session = await services(request).sessions.create(user, device_of(request))
-    return _with_cookie(web.json_response({"user": {"username": user}, "session": session.public()},
+    return _with_cookie(web.json_response({"user": {"username": user}, "session": session.as_dict()},
                                           status=status), request, token)
 
 
@@ -115,7 +118,7 @@ async def logout_all(request: web.Request) -> web.Response:
 
 async def me(request: web.Request) -> web.Response:
     session = await current_session(request)
-    return web.json_response({"user": {"username": session.user}, "session": session.public(),
+    return web.json_response({"user": {"username": session.user}, "session": session.as_dict(),
                               "instance": services(request).instance})
 
 
@@ -138,33 +141,33 @@ async def delete_session(request: web.Request) -> web.Response:
 
 
 async def kinds(request: web.Request) -> web.Response:
-    return web.json_response({"kinds": [k.describe() for k in KINDS.values()]})
+    return web.json_response({"kinds": [k.as_dict() for k in KINDS.values()]})
 
 
 async def list_operations(request: web.Request) -> web.Response:
     session = await current_session(request)
     ops = await services(request).operations.of_user(session.user)
-    return web.json_response({"operations": [op.public() for op in ops]})
+    return web.json_response({"operations": [op.as_dict() for op in ops]})
 
 
 async def start_operation(request: web.Request) -> web.Response:
     session = await current_session(request)
     data = await body(request)
     op = await services(request).start_operation(session.user, data.get("kind"), data.get("params"))
-    return web.json_response({"operation": op.public()}, status=202)
+    return web.json_response({"operation": op.as_dict()}, status=202)
 
 
 async def get_operation(request: web.Request) -> web.Response:
     session = await current_session(request)
     op = await services(request).user_operation(session.user, request.match_info["id"])
-    return web.json_response({"operation": op.public()})
+    return web.json_response({"operation": op.as_dict()})
 
 
 async def cancel_operation(request: web.Request) -> web.Response:
     session = await current_session(request)
     op = await services(request).cancel_operation(session.user, request.match_info["id"],
                                                   device_of(request))
-    return web.json_response({"operation": op.public()}, status=202)
+    return web.json_response({"operation": op.as_dict()}, status=202)
 
 
 async def get_inbox(request: web.Request) -> web.Response:
@@ -177,7 +180,7 @@ async def get_inbox(request: web.Request) -> web.Response:
     if not 1 <= limit <= 1000:
         raise BadRequest("limit must be between 1 and 1000", "limit")
     after = request.query.get("after")
-    if after is not None and parse_id(after) is None:
+    if after is not None and not is_id(after):
         raise BadRequest("after must be a notification id like '1732512345678-0'", "after")
     notes = await (inbox.after(session.user, after, limit=limit) if after else
                    inbox.latest(session.user, limit))
@@ -205,16 +208,9 @@ async def readyz(request: web.Request) -> web.Response:
         checks["redis"] = "ok"
     except Exception as exc:
         checks["redis"] = f"unreachable: {exc}"
-    checks["broker"] = "ok" if await _broker_ok(srv) else "unreachable"
+    checks["broker"] = "ok" if srv.jobs.connected else "unreachable"
     ok = all(v == "ok" for v in checks.values())
     return web.json_response({"ok": ok, "instance": srv.instance, "checks": checks}, status=200 if ok else 503)
-
-
-async def _broker_ok(srv: Services) -> bool:
-    if srv.settings.memory:
-        return True
-    connection = getattr(srv.jobs, "_connection", None)
-    return connection is not None and not connection.is_closed and connection.connected.is_set()
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -224,12 +220,19 @@ async def metrics(request: web.Request) -> web.Response:
     return response
 
 
+def _client_file(dist: Path, name: str) -> Path | None:
+    """The file ``name`` inside ``dist``, or None (never a path outside it)."""
+    path = (dist / name).resolve()
+    return path if path.parent == dist.resolve() and path.is_file() else None
+
+
 async def web_client(request: web.Request) -> web.StreamResponse:
     """The built React client: index.html at ``/``, its files beside it."""
     dist = Path(services(request).settings.static_dir)
     name = request.match_info.get("name") or "index.html"
-    path = (dist / name).resolve()
-    if path.parent != dist.resolve() or not path.is_file():
+    # resolve() and is_file() touch the disk: not on the event loop.
+    path = await asyncio.to_thread(_client_file, dist, name)
+    if path is None:
         if name == "index.html":
             return web.Response(text="<h1>notifylab</h1><p>The web client is not built: run "
                                      "<code>make build</code>.</p>", content_type="text/html")
@@ -237,7 +240,8 @@ async def web_client(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(path)
 
 
-def add_routes(app: web.Application) -> None:
+def add_routes(app: web.Application, settings: Settings) -> None:
+    """Every route of an instance: REST, health, metrics and the web client."""
     r = app.router
     r.add_post("/api/register", register)
     r.add_post("/api/login", login)
@@ -258,6 +262,6 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/metrics", metrics)
     r.add_get("/", web_client)
     r.add_get("/{name}", web_client)
-    assets = Path(app[SERVICES].settings.static_dir) / "assets"
+    assets = Path(settings.static_dir) / "assets"
     if assets.is_dir():
         r.add_static("/assets", assets)

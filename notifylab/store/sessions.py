@@ -10,18 +10,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-import time
 from dataclasses import asdict, dataclass
 
 from redis.asyncio import Redis
 
-from .config import Settings
+from ..config import Settings
+from ..ids import now_ms
 
 TOUCH_EVERY_MS = 30_000  # refresh last_seen/expiry at most this often per session
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 @dataclass
@@ -32,7 +28,7 @@ class Session:
     created: int
     last_seen: int
 
-    def public(self) -> dict:
+    def as_dict(self) -> dict:
         return asdict(self)
 
 

@@ -10,8 +10,8 @@ import json
 
 from redis.asyncio import Redis
 
-from .config import Settings
-from .sessions import now_ms
+from ..config import Settings
+from ..ids import now_ms
 
 HEARTBEAT_SECONDS = 5
 HEARTBEAT_TTL = 15

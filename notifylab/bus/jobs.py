@@ -17,8 +17,8 @@ from typing import Awaitable, Callable
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 
-from .config import Settings
-from .routing import close_broker, connect_broker, publish_confirmed
+from ..config import Settings
+from .broker import close_broker, connect_broker, publish_confirmed
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,12 @@ class RabbitJobs:
             self.settings.jobs_queue, durable=True,
             arguments={"x-dead-letter-exchange": "",
                        "x-dead-letter-routing-key": self.settings.dead_queue})
+
+    @property
+    def connected(self) -> bool:
+        """True while the connection to RabbitMQ is up (``/readyz`` asks)."""
+        connection = self._connection
+        return connection is not None and not connection.is_closed and connection.connected.is_set()
 
     async def publish(self, job: dict) -> None:
         """Queue ``job``; returns once RabbitMQ has confirmed it."""
@@ -93,8 +99,9 @@ class MemoryJobs:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.queue: asyncio.Queue[dict] = asyncio.Queue()
-        self.dead: list[dict] = []
         self._tasks: list[asyncio.Task] = []
+
+    connected = True  # nothing to lose a connection to
 
     async def start(self) -> None:
         pass
@@ -109,8 +116,8 @@ class MemoryJobs:
                 outcome = await handler(job)
                 if outcome is Outcome.RETRY:
                     await self.queue.put(job)
-                elif outcome is Outcome.DEAD:
-                    self.dead.append(job)
+                # DEAD: the embedded mode has no dead-letter queue; the
+                # operation's record already says it failed.
 
         self._tasks = [asyncio.create_task(run()) for _ in range(concurrency)]
 
@@ -120,5 +127,8 @@ class MemoryJobs:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
-def make_jobs(settings: Settings) -> RabbitJobs | MemoryJobs:
+Jobs = RabbitJobs | MemoryJobs
+
+
+def make_jobs(settings: Settings) -> Jobs:
     return MemoryJobs(settings) if settings.memory else RabbitJobs(settings)

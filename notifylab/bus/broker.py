@@ -1,0 +1,63 @@
+"""The connection to RabbitMQ: connect, publish with confirms, close.
+
+Every part that talks to RabbitMQ (the jobs queue, the event managers, the
+lab's inspector) goes through these three functions, so a broker that is down
+gives the same one-line error everywhere and a publish is never taken as sent
+until RabbitMQ has confirmed it.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import aio_pika
+
+from ..config import redact
+from ..errors import ServiceUnavailable
+
+log = logging.getLogger(__name__)
+
+PUBLISH_DEADLINE = 30.0  # seconds a publish keeps retrying (broker restarting) before it fails
+
+
+async def connect_broker(url: str) -> aio_pika.abc.AbstractRobustConnection:
+    """A robust (auto-reconnecting) connection; a one-line error if the
+    broker does not answer within five seconds."""
+    # aio-pika and aiormq log a failed first attempt themselves; we raise one
+    # clear line instead, so quiet them for this attempt only.
+    quiet = [logging.getLogger(name) for name in ("aiormq.connection", "aio_pika.robust_connection")]
+    levels = [logger.level for logger in quiet]
+    for logger in quiet:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        return await aio_pika.connect_robust(url, timeout=5)
+    except (OSError, asyncio.TimeoutError, aio_pika.exceptions.AMQPError) as exc:
+        raise ServiceUnavailable(f"cannot reach RabbitMQ at {redact(url)}: {exc or type(exc).__name__}") from None
+    finally:
+        for logger, level in zip(quiet, levels):
+            logger.setLevel(level)
+
+
+async def publish_confirmed(exchange: aio_pika.abc.AbstractExchange, message: aio_pika.Message,
+                            key: str) -> None:
+    """Publish and return once the broker has confirmed it. While the broker
+    is away (a restart), retry with backoff for up to PUBLISH_DEADLINE
+    seconds, then raise TimeoutError: the caller must not take it as sent."""
+    delay = 0.1
+    async with asyncio.timeout(PUBLISH_DEADLINE):
+        while True:
+            try:
+                await exchange.publish(message, routing_key=key)  # a nack raises here
+                return
+            except (aio_pika.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
+                log.warning("publish to %s failed (%s); retrying", key, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+
+async def close_broker(connection: aio_pika.abc.AbstractConnection | None) -> None:
+    """Close a connection and let aio-pika's close callbacks run: they are
+    tasks of their own, and the loop may end right after this."""
+    if connection is not None:
+        await connection.close()
+        await asyncio.sleep(0.05)

@@ -1,0 +1,96 @@
+"""Assembling one server instance and running its lifetime.
+
+``create_app(settings)`` builds the aiohttp application with the Socket.IO
+server attached, the REST routes (``http.py``) and the Socket.IO handlers
+(``sockets.py``). At start-up it connects (failing fast with the URL), wires
+the client manager to the feed, and starts reading the bus before the first
+socket arrives; at exit it closes every socket first, then its connections.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import AsyncIterator
+
+import socketio
+from aiohttp import web
+
+from ..bus.managers import make_manager
+from ..config import Settings
+from ..store.presence import HEARTBEAT_SECONDS
+from . import http, sockets
+from .services import Services
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 64 * 1024  # bytes; a bigger request body is refused with 413
+
+
+async def _lifetime(app: web.Application) -> AsyncIterator[None]:
+    services = app[http.SERVICES]
+    settings = services.settings
+    manager = services.sio.manager
+    await services.start()
+    background: list[asyncio.Task] = []
+    try:
+        manager.deliver = services.feed.receive
+        manager.on_message = services.metrics.bus_received.inc
+        manager.on_reconnect.append(services.feed.catch_up)
+        await manager.start_publisher()
+        await manager.start_listener()
+        # Start reading the bus now: python-socketio would wait for the first socket.
+        services.sio.manager_initialized = True
+        manager.initialize()
+        if settings.memory:
+            from ..worker import Worker  # the embedded mode runs its worker in-process
+
+            worker = Worker(settings, services.redis, services.jobs, manager, worker_id="embedded")
+            await worker.start()
+            log.warning("embedded mode (memory://): ONE process holds the bus, the store and a worker; "
+                        "it cannot be scaled to several instances and keeps nothing after exit")
+        background.append(asyncio.create_task(_heartbeat(services)))
+        yield
+    finally:
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+        listener = getattr(manager, "thread", None)
+        if listener is not None:
+            listener.cancel()
+            await asyncio.gather(listener, return_exceptions=True)
+        await services.close()
+        await manager.close()
+
+
+async def _disconnect_everyone(app: web.Application) -> None:
+    """On a graceful stop, close every socket first: their clients reconnect
+    (to another instance, or to this one when it is back), and the server
+    does not wait on open websockets."""
+    eio = app[http.SERVICES].sio.eio
+    if eio.sockets:  # engine.io's disconnect() fails on an empty set
+        await eio.disconnect()
+
+
+async def _heartbeat(services: Services) -> None:
+    info = {"port": services.settings.port, "routing": services.settings.routing, "started": services.started}
+    while True:
+        try:
+            await services.presence.heartbeat(services.instance, info)
+        except Exception as exc:  # keep beating once Redis is back
+            log.warning("heartbeat failed: %s", exc)
+        await asyncio.sleep(HEARTBEAT_SECONDS)
+
+
+def create_app(settings: Settings) -> web.Application:
+    """The aiohttp application of one server instance."""
+    sio = socketio.AsyncServer(async_mode="aiohttp", client_manager=make_manager(settings),
+                               max_http_buffer_size=MAX_BODY, logger=False, engineio_logger=False)
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[http.errors_middleware])
+    services = Services(settings, sio)
+    app[http.SERVICES] = services
+    app.cleanup_ctx.append(_lifetime)
+    app.on_shutdown.append(_disconnect_everyone)
+    sio.attach(app)
+    http.add_routes(app, settings)
+    sockets.SocketHandlers(sio, services).register()
+    return app
