@@ -1,13 +1,16 @@
 import { defineConfig } from 'vite'
 import react from '@vitejs/plugin-react'
 
-// The notifylab server serves dist/ at "/" (assets under /assets/).
+// Every instance serves dist/ at "/", and JupyterLab's jupyter-server-proxy
+// serves the same files under a prefix ("/proxy/8081/", "/notifylab/") that it
+// strips on the way in. Relative asset URLs (`base: './'`) resolve under
+// either; the API and Socket.IO paths follow the page's location (src/lib/base.js).
 // In development, `npm run dev` proxies the API and Socket.IO to an instance
 // started with `python -m notifylab serve --port 8081`.
 const backend = process.env.NOTIFYLAB_DEV_BACKEND || 'http://127.0.0.1:8081'
 
 export default defineConfig({
-  base: '/',
+  base: './',
   plugins: [react()],
   build: {
     outDir: 'dist',

@@ -1,5 +1,7 @@
 // REST client for the notifylab server. Same origin: the session travels in
-// the HttpOnly `notifylab_session` cookie.
+// the HttpOnly `notifylab_session` cookie. Paths are relative to `base`, the
+// page's directory, so that they also work under a proxy prefix (base.js).
+import { pageBase } from './base.js'
 
 export class ApiError extends Error {
   constructor(status, body) {
@@ -11,7 +13,7 @@ export class ApiError extends Error {
   }
 }
 
-export function createApi(fetchImpl = (...a) => globalThis.fetch(...a), base = '') {
+export function createApi(fetchImpl = (...a) => globalThis.fetch(...a), base = pageBase()) {
   async function request(method, path, body) {
     const init = {
       method,
@@ -42,25 +44,25 @@ export function createApi(fetchImpl = (...a) => globalThis.fetch(...a), base = '
   }
 
   return {
-    register: (username, password) => request('POST', '/api/register', { username, password }),
-    login: (username, password) => request('POST', '/api/login', { username, password }),
-    logout: () => request('POST', '/api/logout', {}),
-    logoutAll: () => request('POST', '/api/logout-all', {}),
-    me: () => request('GET', '/api/me'),
-    sessions: () => request('GET', '/api/sessions'),
-    revokeSession: (id) => request('DELETE', `/api/sessions/${encodeURIComponent(id)}`),
-    kinds: () => request('GET', '/api/kinds'),
-    operations: () => request('GET', '/api/operations'),
-    startOperation: (kind, params) => request('POST', '/api/operations', { kind, params }),
-    operation: (id) => request('GET', `/api/operations/${encodeURIComponent(id)}`),
-    cancelOperation: (id) => request('POST', `/api/operations/${encodeURIComponent(id)}/cancel`, {}),
+    register: (username, password) => request('POST', 'api/register', { username, password }),
+    login: (username, password) => request('POST', 'api/login', { username, password }),
+    logout: () => request('POST', 'api/logout', {}),
+    logoutAll: () => request('POST', 'api/logout-all', {}),
+    me: () => request('GET', 'api/me'),
+    sessions: () => request('GET', 'api/sessions'),
+    revokeSession: (id) => request('DELETE', `api/sessions/${encodeURIComponent(id)}`),
+    kinds: () => request('GET', 'api/kinds'),
+    operations: () => request('GET', 'api/operations'),
+    startOperation: (kind, params) => request('POST', 'api/operations', { kind, params }),
+    operation: (id) => request('GET', `api/operations/${encodeURIComponent(id)}`),
+    cancelOperation: (id) => request('POST', `api/operations/${encodeURIComponent(id)}/cancel`, {}),
     inbox: ({ after, limit } = {}) => {
       const q = new URLSearchParams()
       if (after) q.set('after', after)
       if (limit) q.set('limit', String(limit))
       const qs = q.toString()
-      return request('GET', `/api/inbox${qs ? `?${qs}` : ''}`)
+      return request('GET', `api/inbox${qs ? `?${qs}` : ''}`)
     },
-    markRead: (up_to) => request('POST', '/api/inbox/read', { up_to }),
+    markRead: (up_to) => request('POST', 'api/inbox/read', { up_to }),
   }
 }
