@@ -4,7 +4,7 @@ Python client alike; no dependencies, so the kernel side can import it.
 """
 from __future__ import annotations
 
-from typing import TypedDict
+from typing import NotRequired, TypedDict
 
 COOKIE = "notifylab_session"  # the browser's session cookie (HttpOnly)
 
@@ -27,6 +27,13 @@ class Notification(TypedDict):
     progress: float  # 0..1
     message: str
     ts: int  # milliseconds, when it was written
+    # Stamps for the lab's timeline (milliseconds): when its publisher sent it
+    # to the exchange (absent on a replay from the stream), when an instance
+    # emitted it, and which instance did.
+    published: NotRequired[int]
+    emitted: NotRequired[int]
+    instance: NotRequired[str]
+    received: NotRequired[int]  # set by the Python client when it arrived
 
 
 class BusNotification(Notification):

@@ -16,10 +16,9 @@ import socket
 from redis.asyncio import Redis
 
 from .bus.jobs import Jobs, Outcome
-from .bus.managers import Manager
+from .bus.managers import Manager, publish_notification
 from .config import Settings
 from .kinds import KINDS
-from .protocol import user_room
 from .store.inbox import Inbox
 from .store.operations import TERMINAL, Operation, Operations, TransitionRefused
 
@@ -53,7 +52,7 @@ class Worker:
         # Fenced by our attempt number, except for the moves that start one.
         attempt = op.attempts if fenced else None
         op, note = await self.operations.transition(op.id, type_, attempt, **changes)
-        await self.emitter.emit("notification", note, room=user_room(op.user))
+        await publish_notification(self.emitter, note)
         return op
 
     async def handle(self, job: dict) -> Outcome:

@@ -29,12 +29,23 @@ from aio_pika.abc import AbstractIncomingMessage
 from socketio.async_pubsub_manager import AsyncPubSubManager
 
 from ..config import Settings
-from ..protocol import BusNotification
+from ..ids import now_ms
+from ..protocol import BusNotification, user_room
 from .broker import close_broker, connect_broker, publish_confirmed
 
 log = logging.getLogger(__name__)
 
 LISTEN_PREFETCH = 256
+
+
+async def publish_notification(emitter: Any, note: BusNotification) -> None:
+    """Send ``note`` to every instance that holds a socket of its user.
+
+    ``emitter`` is a Socket.IO server (on an instance) or a write-only client
+    manager (in a worker); both route by the room. The copy on the bus is
+    stamped with the time it left, for the lab's timeline.
+    """
+    await emitter.emit("notification", {**note, "published": now_ms()}, room=user_room(note["user"]))
 
 
 def routing_key(message: dict) -> str:

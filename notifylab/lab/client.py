@@ -21,7 +21,7 @@ from typing import Any, Callable
 import aiohttp
 import socketio
 
-from ..ids import ZERO, id_after
+from ..ids import ZERO, id_after, now_ms
 from ..protocol import COOKIE, TERMINAL_TYPES, Notification
 
 
@@ -51,6 +51,9 @@ class Client:
         # id; only newer ones add to it (a replay must not count twice).
         self._unread_counted_to = ZERO
         self.hello: dict | None = None
+        # The id after which this session must have seen every notification
+        # of its user (its cursor at the first connect): what a verdict checks.
+        self.baseline: str | None = None
         self.operations: dict[str, dict] = {}  # id -> latest known state
         self.revoked = False
         self.connect_errors: list[Any] = []
@@ -105,6 +108,8 @@ class Client:
     def _wire(self) -> None:
         @self.sio.on("hello")
         async def hello(data: dict) -> None:
+            if self.baseline is None:  # the first hello: from here on, nothing may be missing
+                self.baseline = self.last_id or data["last_id"]
             self.hello, self.unread = data, data["unread"]
             self._unread_counted_to = data["last_id"]
             for op in data["operations"]:
@@ -134,7 +139,8 @@ class Client:
         async def disconnect(reason: Any = None) -> None:
             self._poke()
 
-    def _receive(self, note: dict) -> None:
+    def _receive(self, note: Notification) -> None:
+        note = {**note, "received": now_ms()}
         if note["id"] in self._seen:
             self.duplicates += 1
             return
@@ -157,7 +163,7 @@ class Client:
         """Open the socket (to ``url``, default the login URL). With
         ``catch_up``, a first connect also replays the whole inbox."""
         if catch_up and self.last_id is None:
-            self.last_id = "0-0"
+            self.last_id = ZERO
         await self.sio.connect(url or self.url, auth=self._auth, transports=["websocket"], wait_timeout=10)
 
     async def disconnect(self) -> None:

@@ -3,20 +3,58 @@
 ``notifylab up``, the tests and the notebooks all use :class:`Lab`: it runs
 server instances and workers as real subprocesses sharing one configuration,
 waits until each is ready, and can kill one on purpose to show what survives.
+
+Each process runs in a process group of its own, and every process still
+running when the Python process exits (a notebook's kernel shut down or
+restarted, a test run interrupted) is stopped then: none is left orphaned,
+holding a port that the next run needs.
 """
 from __future__ import annotations
 
 import asyncio
+import atexit
 import os
 import signal
 import socket
 import sys
+import time
 from pathlib import Path
 from typing import Mapping
 
 import aiohttp
 
 READY_TIMEOUT = 30.0
+
+_running: set[LabProcess] = set()  # every process started; those still running are stopped at exit
+
+
+@atexit.register
+def _stop_leftovers() -> None:
+    """At interpreter exit the event loop may be gone: signal the process
+    groups directly, give them a moment to exit, then kill what is left."""
+    pids = [p.pid for p in list(_running) if p.running and p.pid]
+    for pid in pids:
+        _signal_group(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 5
+    while pids and time.monotonic() < deadline:
+        pids = [pid for pid in pids if _alive(pid)]
+        time.sleep(0.05)
+    for pid in pids:
+        _signal_group(pid, signal.SIGKILL)
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)  # the process leads its own group (start_new_session)
+    except ProcessLookupError:
+        pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return os.waitpid(pid, os.WNOHANG) == (0, 0)
+    except ChildProcessError:  # reaped already
+        return False
 
 
 def free_port() -> int:
@@ -51,10 +89,12 @@ class LabProcess:
         try:
             self.process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "notifylab", *self.args, env=self.env,
-                stdout=out, stderr=asyncio.subprocess.STDOUT if out else None)
+                stdout=out, stderr=asyncio.subprocess.STDOUT if out else None,
+                start_new_session=True)  # its own process group: see _stop_leftovers
         finally:
             if out:
                 out.close()
+        _running.add(self)
         if self.url:
             await self.wait_ready()
         return self
@@ -98,6 +138,17 @@ class LabProcess:
         if self.running:
             self.process.kill()
             await self.process.wait()
+
+    async def health(self) -> dict:
+        """What ``/readyz`` says (a server), or whether it runs (a worker)."""
+        if not self.url or not self.running:
+            return {"ok": self.running}
+        try:
+            async with aiohttp.ClientSession() as http, asyncio.timeout(3):
+                async with http.get(f"{self.url}/readyz") as response:
+                    return await response.json()
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            return {"ok": False, "error": str(exc) or type(exc).__name__}
 
 
 class Lab:

@@ -27,7 +27,7 @@ from typing import Awaitable, Callable
 
 import socketio
 
-from ..ids import id_after
+from ..ids import id_after, now_ms
 from ..protocol import BusNotification, Notification, to_client, user_room
 from ..store.inbox import Inbox
 from .metrics import Metrics
@@ -36,8 +36,9 @@ log = logging.getLogger(__name__)
 
 
 class Feed:
-    def __init__(self, sio: socketio.AsyncServer, inbox: Inbox, metrics: Metrics):
+    def __init__(self, sio: socketio.AsyncServer, inbox: Inbox, metrics: Metrics, instance: str):
         self.sio = sio
+        self.instance = instance
         self.inbox = inbox
         self.metrics = metrics
         self.cursors: dict[str, str] = {}  # user -> last id emitted to the user's room here
@@ -71,7 +72,7 @@ class Feed:
             replayed = 0
             if last_id is not None and id_after(cursor, last_id):
                 for note in await self.inbox.after(user, last_id, upto=cursor):
-                    await self.sio.emit("notification", to_client(note), to=sid, ignore_queue=True)
+                    await self.sio.emit("notification", self._stamped(note), to=sid, ignore_queue=True)
                     replayed += 1
                 self.metrics.replayed.inc(replayed)
             await self.sio.enter_room(sid, user_room(user))
@@ -122,7 +123,12 @@ class Feed:
     async def _emit(self, user: str, batch: list[Notification] | list[BusNotification]) -> None:
         room = user_room(user)
         for note in batch:
-            await self.sio.emit("notification", to_client(note), room=room, ignore_queue=True)
+            await self.sio.emit("notification", self._stamped(note), room=room, ignore_queue=True)
             self.cursors[user] = note["id"]
             self.metrics.delivered.inc(len(self.members[user]))
             self.metrics.latency.observe(max(0.0, time.time() - note["ts"] / 1000))
+
+    def _stamped(self, note: Notification) -> Notification:
+        """What a socket receives: the notification, stamped with this
+        instance and the time it left it (for the lab's timeline)."""
+        return {**to_client(note), "emitted": now_ms(), "instance": self.instance}

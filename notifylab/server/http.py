@@ -196,7 +196,8 @@ async def mark_read(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"ok": True, "instance": services(request).instance})
+    srv = services(request)
+    return web.json_response({"ok": True, "instance": srv.instance, "prefix": srv.settings.prefix})
 
 
 async def readyz(request: web.Request) -> web.Response:

@@ -13,6 +13,7 @@ import socketio
 from redis.asyncio import Redis
 
 from ..bus.jobs import Jobs, make_jobs
+from ..bus.managers import publish_notification
 from ..config import Settings
 from ..errors import BadRequest, Conflict, NotFound
 from ..ids import is_id
@@ -62,7 +63,7 @@ class Services:
         self.presence = Presence(redis, self.settings)
         self.inbox = Inbox(redis, self.settings)
         self.operations = Operations(redis, self.settings, self.inbox)
-        self.feed = Feed(self.sio, self.inbox, self.metrics)
+        self.feed = Feed(self.sio, self.inbox, self.metrics, self.instance)
         self.jobs = make_jobs(self.settings)
         await self.jobs.start()
 
@@ -80,14 +81,14 @@ class Services:
         """Validate, record, notify and queue a new operation."""
         checked = get_kind(kind).validate(params)
         op, note = await self.operations.create(user, str(kind), checked)
-        await self.sio.emit("notification", note, room=user_room(user))
+        await publish_notification(self.sio, note)
         try:
             await self.jobs.publish({"operation": op.id})
         except Exception as exc:  # the broker stayed away: say so, do not leave it "queued"
             log.error("could not queue operation %s: %s", op.id, exc)
             op, note = await self.operations.transition(op.id, "operation.failed",
                                                         error="could not be queued: the broker is unreachable")
-            await self.sio.emit("notification", note, room=user_room(user))
+            await publish_notification(self.sio, note)
         return op
 
     async def user_operation(self, user: str, op_id: object) -> Operation:
@@ -105,7 +106,7 @@ class Services:
                                                         message=f"Cancelled from {device}")
         except TransitionRefused as exc:
             raise Conflict(str(exc)) from None
-        await self.sio.emit("notification", note, room=user_room(user))
+        await publish_notification(self.sio, note)
         return op
 
     # -- inbox --------------------------------------------------------------
