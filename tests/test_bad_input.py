@@ -1,8 +1,11 @@
 """Bad input gets a clear error, and the instance keeps serving everyone else."""
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 import pytest
+import socketio
 
 from support import PASSWORD, servers
 from notifylab.lab.client import Client, ClientError
@@ -75,7 +78,7 @@ async def test_sockets_without_or_with_a_forged_session_are_refused(stack):
     for token in (None, "forged-" + "x" * 40):
         client = Client(url, reconnect=False)
         client.token = token
-        with pytest.raises(Exception):
+        with pytest.raises(socketio.exceptions.ConnectionError):
             await client.connect()
         assert not client.connected
         assert client.connect_errors and "unauthorized" in str(client.connect_errors[-1])
@@ -94,6 +97,12 @@ async def test_another_users_operation_is_not_found_by_rest_or_socket(stack, cli
     with pytest.raises(ClientError, match="no such operation"):
         await intruder.cancel(op["id"])
     await owner.cancel(op["id"])
+    await owner.wait_operation(op["id"])
+    # Before saying nothing reached the intruder, give it time to: its own
+    # operation, started after the owner's ended, must arrive first.
+    own = await intruder.start("report", steps=1, step_seconds=0.01)
+    await intruder.wait_operation(own["id"])
+    await asyncio.sleep(0.3)
     assert not intruder.of_operation(op["id"])
 
 

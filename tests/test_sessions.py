@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import aiohttp
 import pytest
+import socketio
 import redis.asyncio as aioredis
 
 from support import PASSWORD, REDIS, new_username, servers
@@ -66,10 +67,11 @@ async def test_a_revoked_session_cannot_reconnect(stack, clients):
     await me.logout()
     ghost = Client(url_a, reconnect=False)
     ghost.token = token
-    with pytest.raises(Exception):
+    with pytest.raises(socketio.exceptions.ConnectionError):
         await ghost.connect()
-    await ghost.close()
     assert not ghost.connected
+    assert ghost.connect_errors and "unauthorized" in str(ghost.connect_errors[-1])
+    await ghost.close()
 
 
 async def test_logout_everywhere_ends_every_session(stack, clients):

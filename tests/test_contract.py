@@ -1,0 +1,115 @@
+"""Contracts with what we do not own, and with our own layout.
+
+- python-socketio's pub/sub message format: our managers read a notification
+  out of ``message["data"]``, a format python-socketio changed three times in
+  5.x. If an upgrade changes it again, this fails instead of delivery quietly
+  falling back on the feed's gap filling.
+- The package's import graph: no circle, and the kernel side (``lab``,
+  ``widgets``) never imports the server or the store.
+"""
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from notifylab.bus.managers import TopicManager, publish_notification, routing_key
+from notifylab.protocol import user_room
+from fakes import SETTINGS, fake_redis, make_feed
+
+PACKAGE = Path(__file__).resolve().parent.parent / "notifylab"
+
+
+async def test_an_emit_on_one_instance_reaches_the_feed_of_another():
+    publisher = TopicManager(SETTINGS, write_only=True)
+    sent: list[dict] = []
+
+    async def publish(message: dict) -> None:  # instead of RabbitMQ: the wire is JSON
+        sent.append(json.loads(json.dumps(message)))
+
+    publisher._publish = publish  # type: ignore[method-assign]
+    redis = fake_redis()
+    feed, sio, inbox, _ = make_feed(redis)
+    sio.manager.connected.add("s1")
+    await feed.attach("s1", "ann", last_id=None)
+    note = await inbox.append("ann", {"user": "ann", "type": "operation.queued", "operation": "op1",
+                                      "kind": "report", "state": "queued", "step": 0, "steps": 1,
+                                      "progress": 0.0, "message": "", "ts": 1})
+    await publish_notification(publisher, note)
+    assert len(sent) == 1 and routing_key(sent[0]) == "user.ann"
+
+    receiver = TopicManager(SETTINGS)  # the instance holding ann's socket
+    receiver.deliver = feed.receive
+    await receiver._handle_emit(sent[0])
+    assert sio.notifications(user_room("ann")) == [note["id"]]
+
+
+def _imports(path: Path, module: str) -> set[str]:
+    """The notifylab modules ``module`` (at ``path``) imports, outside TYPE_CHECKING."""
+    found: set[str] = set()
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            node.body = []
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("notifylab")}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[:len(parts) - node.level + 1] + ([base] if base else []))
+            if base.startswith("notifylab"):
+                found.add(base)
+                found |= {f"{base}.{a.name}" for a in node.names}
+    return found
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        modules[name] = path
+    return {name: {m for m in _imports(path, name) if m in modules and m != name}
+            for name, path in modules.items()}
+
+
+def test_no_module_imports_itself_through_others():
+    graph = _graph()
+    assert len(graph) > 20  # the walk found the package
+    cycles = []
+
+    def visit(node: str, stack: list[str], done: set[str]) -> None:
+        if node in stack:
+            cycles.append(stack[stack.index(node):] + [node])
+            return
+        if node in done:
+            return
+        for nxt in sorted(graph[node]):
+            visit(nxt, stack + [node], done)
+        done.add(node)
+
+    done: set[str] = set()
+    for module in sorted(graph):
+        visit(module, [], done)
+    # A package's __init__ importing its own modules is not a circle of concepts.
+    cycles = [c for c in cycles if not all(m == c[0] or m.startswith(c[0] + ".") for m in c)]
+    assert not cycles, "import circles: " + "; ".join(" -> ".join(c) for c in cycles)
+
+
+def test_the_kernel_side_never_imports_the_server_or_the_store():
+    graph = _graph()
+    kernel_side = [m for m in graph if m.startswith(("notifylab.lab", "notifylab.widgets"))]
+    assert kernel_side
+    for module in kernel_side:
+        bad = {m for m in graph[module] if m.startswith(("notifylab.server", "notifylab.store"))}
+        assert not bad, f"{module} imports {bad}"
+    # And at run time, whatever the imports' imports do:
+    code = ("import sys, notifylab.lab, notifylab.lab.cluster, notifylab.lab.verdict\n"
+            "import importlib.util\n"
+            "if importlib.util.find_spec('notifylab.widgets'): import notifylab.widgets\n"
+            "print([m for m in sys.modules if m.startswith(('notifylab.server', 'notifylab.store'))])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "[]"

@@ -1,0 +1,82 @@
+"""The feed's three rules, in process (fakeredis, a recording Socket.IO server).
+
+These point at the cause when delivery breaks; test_delivery.py and
+test_restarts.py prove the same guarantees end to end.
+"""
+from __future__ import annotations
+
+from notifylab.ids import ZERO
+from notifylab.protocol import user_room
+from fakes import fake_redis, make_feed
+
+ANN = "ann"
+ROOM = user_room(ANN)
+
+
+def note(n: int) -> dict:
+    return {"user": ANN, "type": "operation.progress", "operation": "op1", "kind": "report",
+            "state": "running", "step": n, "steps": 9, "progress": n / 9, "message": f"step {n}",
+            "ts": 1}
+
+
+async def test_rule_1_bind_then_read_nothing_falls_between():
+    feed, sio, inbox, _ = make_feed(fake_redis())
+    before = await inbox.append(ANN, note(1))
+
+    async def appended_during_the_bind(user: str) -> None:
+        # Published before this instance's binding took effect, so it never
+        # arrives here live: only the stream has it.
+        await inbox.append(user, note(2))
+
+    sio.manager.on_subscribe = appended_during_the_bind
+    sio.manager.connected.add("s1")
+    replayed = await feed.attach("s1", ANN, last_id=before["id"])
+    # Read after the bind, the cursor covers the note, so the replay has it.
+    assert replayed == 1 and len(sio.notifications("s1")) == 1
+    assert feed.cursors[ANN] == await inbox.last_id(ANN)
+    assert sio.manager.calls == [("subscribe", ANN)] and "s1" in sio.rooms[ROOM]
+
+
+async def test_rule_2_the_cursor_drops_what_was_emitted_already():
+    feed, sio, inbox, metrics = make_feed(fake_redis())
+    sio.manager.connected.add("s1")
+    await feed.attach("s1", ANN, last_id=None)
+    first = await inbox.append(ANN, note(1))
+    await feed.receive(first)
+    await feed.receive(first)  # the same message again (redelivered, or our own emit coming back)
+    assert sio.notifications(ROOM) == [first["id"]]
+    assert metrics.duplicates._value.get() == 1
+
+
+async def test_rule_3_a_gap_named_by_prev_is_read_from_the_stream_in_order():
+    feed, sio, inbox, metrics = make_feed(fake_redis())
+    sio.manager.connected.add("s1")
+    await feed.attach("s1", ANN, last_id=None)
+    lost = await inbox.append(ANN, note(1))  # its publish never arrives
+    second = await inbox.append(ANN, note(2))
+    assert second["prev"] == lost["id"]
+    await feed.receive(second)
+    assert sio.notifications(ROOM) == [lost["id"], second["id"]]
+    assert metrics.gaps._value.get() == 1
+    emitted = [data for event, data, _ in sio.emitted if event == "notification"]
+    assert all("prev" not in data and data["instance"] == "unit-instance" for data in emitted)
+
+
+async def test_the_last_socket_leaving_unbinds_and_forgets_the_cursor():
+    feed, sio, inbox, _ = make_feed(fake_redis())
+    sio.manager.connected.update({"s1", "s2"})
+    await feed.attach("s1", ANN, last_id=None)
+    await feed.attach("s2", ANN, last_id=ZERO)
+    await feed.detach("s1", ANN)
+    assert ("unsubscribe", ANN) not in sio.manager.calls and ANN in feed.cursors
+    await feed.detach("s2", ANN)
+    assert sio.manager.calls[-1] == ("unsubscribe", ANN) and ANN not in feed.cursors
+    late = await inbox.append(ANN, note(1))
+    await feed.receive(late)  # nobody here any more: nothing emitted
+    assert sio.notifications() == []
+
+
+async def test_a_socket_gone_before_attach_is_not_bound():
+    feed, sio, _, _ = make_feed(fake_redis())
+    assert await feed.attach("gone", ANN, last_id=None) == 0
+    assert sio.manager.calls == [] and ANN not in feed.members
