@@ -23,7 +23,10 @@ PASSWORD_MIN, PASSWORD_MAX = 8, 128
 _hasher = PasswordHasher()
 # Verifying against this keeps a login for an unknown user as slow as a wrong
 # password, so response times do not reveal which usernames exist.
-_DUMMY_HASH = _hasher.hash("not-a-real-password")
+# It is a constant, not hashed at import: hashing takes ~50 ms of CPU that
+# every process start (and every test) would pay. Its parameters are those
+# of PasswordHasher() today; a test checks they still match.
+_DUMMY_HASH = "$argon2id$v=19$m=65536,t=3,p=4$203P/xxlEsmceghPrWihZQ$qc9KNAMVa11roMfqmdhyVsT+pdtCPhpDLwrx/VNWbkE"
 
 
 def check_credentials(username: object, password: object) -> tuple[str, str]:

@@ -6,7 +6,7 @@ import asyncio
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from ..config import Settings, redact
+from ..config import ConfigError, Settings, redact
 from ..errors import ServiceUnavailable
 
 
@@ -17,7 +17,11 @@ async def connect_redis(settings: Settings) -> aioredis.Redis:
     when Redis does not answer within five seconds.
     """
     if settings.memory:
-        import fakeredis  # only the embedded mode needs it
+        try:
+            import fakeredis  # only the embedded mode needs it
+        except ImportError:
+            raise ConfigError("the embedded mode (memory://) needs fakeredis: "
+                              "pip install 'notifylab[memory]'") from None
 
         return fakeredis.FakeAsyncRedis(decode_responses=True)
     client = aioredis.from_url(settings.redis_url, decode_responses=True,
