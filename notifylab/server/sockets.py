@@ -49,6 +49,10 @@ class SocketHandlers:
         self.sio = sio
         self.services = services
         self._welcomes: set[asyncio.Task] = set()  # strong references until each finishes
+        # Sockets whose connect was accepted here. python-socketio runs the
+        # connect/disconnect handlers for a client *event* of that name too;
+        # this set tells such a forgery from the real lifecycle.
+        self._live: set[str] = set()
 
     def register(self) -> None:
         self.sio.on("connect", self.connect)
@@ -61,12 +65,16 @@ class SocketHandlers:
         }
         for name, handler in events.items():
             self.sio.on(name, self._acked(name, handler))
+        self.sio.on("*", self.unknown_event)
 
     # -- a socket's lifetime --------------------------------------------------
 
-    async def connect(self, sid: str, environ: dict, auth: Any = None) -> None:
+    async def connect(self, sid: str, environ: Any = None, auth: Any = None) -> dict | None:
         """Refuse a socket without a live session; otherwise record it and
         welcome it (in a task: see :meth:`_welcome`)."""
+        if sid in self._live:  # a client event named "connect" on a live socket
+            return _reserved("connect", sid)
+        environ = environ if isinstance(environ, dict) else {}
         auth = auth if isinstance(auth, dict) else {}
         token = auth.get("session") or cookie_token(environ)
         session = await self.services.sessions.resolve(token)
@@ -77,12 +85,14 @@ class SocketHandlers:
         if last_id is not None and not is_id(last_id):
             raise socketio.exceptions.ConnectionRefusedError("last_id is not a notification id")
         await self.sio.save_session(sid, {"user": session.user, "session": session.id})
+        self._live.add(sid)
         transport = self.sio.transport(sid)
         await self.services.presence.add_socket(session.id, sid, self.services.instance, transport)
         self.services.metrics.sockets.inc()
         task = asyncio.create_task(self._welcome(sid, session.user, session.id, last_id, transport))
         self._welcomes.add(task)
         task.add_done_callback(self._welcomes.discard)
+        return None
 
     async def _welcome(self, sid: str, user: str, session_id: str, last_id: str | None,
                        transport: str) -> None:
@@ -123,7 +133,16 @@ class SocketHandlers:
                 return
             await asyncio.sleep(0.1)
 
-    async def disconnect(self, sid: str, reason: Any = None) -> None:
+    async def disconnect(self, sid: str, reason: Any = None) -> dict | None:
+        """Forget a socket that went away. python-socketio marks it
+        disconnected before calling this, so a socket still connected is
+        sending an event named "disconnect": refused, and it stays in place
+        (presence, feed, room) for revocation to find."""
+        if self.sio.manager.is_connected(sid, "/"):
+            return _reserved("disconnect", sid)
+        if sid not in self._live:  # refused at connect, or gone already
+            return None
+        self._live.discard(sid)
         data = await self.sio.get_session(sid)
         self.services.metrics.sockets.dec()
         await self.services.feed.detach(sid, data["user"])
@@ -135,7 +154,7 @@ class SocketHandlers:
         """Wrap an event handler: check the session, validate the payload,
         turn errors into ``{ok: false, error}``."""
 
-        async def acked(sid: str, data: Any = None) -> dict:
+        async def acked(sid: str, data: Any = None, *extra: Any) -> dict:
             try:
                 state = await self.sio.get_session(sid)
                 if await self.services.sessions.get(state["session"]) is None:
@@ -151,6 +170,11 @@ class SocketHandlers:
                 return {"ok": False, "error": "internal error"}
 
         return acked
+
+    async def unknown_event(self, event: str, sid: str, *args: Any) -> dict:
+        """Every event without a handler (``connect_error`` included): refused."""
+        log.info("socket %s sent unknown event %.40r", sid, event)
+        return {"ok": False, "error": f"unknown event {str(event)[:40]!r}"}
 
     async def operation_start(self, user: str, data: dict) -> dict:
         op = await self.services.start_operation(user, data.get("kind"), data.get("params"))
@@ -170,3 +194,8 @@ class SocketHandlers:
             raise BadRequest("after must be a notification id", "after")
         return {"notifications": await self.services.inbox.after(user, after),
                 "unread": await self.services.inbox.unread(user)}
+
+
+def _reserved(event: str, sid: str) -> dict:
+    log.warning("socket %s sent the reserved event %r; refused", sid, event)
+    return {"ok": False, "error": f"{event!r} is reserved for the Socket.IO lifecycle"}
