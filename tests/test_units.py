@@ -70,3 +70,13 @@ def test_an_unreachable_service_at_start_is_one_line_naming_the_url(flag, servic
     assert len(lines) == 1, result.stderr
     assert f"cannot reach {service} at" in lines[0] and "127.0.0.1:1" in lines[0]
     assert "secretpw" not in lines[0] and "***" in lines[0]
+
+
+def test_the_unknown_user_hash_costs_what_a_real_one_does():
+    from argon2 import PasswordHasher
+
+    from notifylab.store import accounts
+
+    # Same parameters, so a login for an unknown name takes as long as a wrong password.
+    assert not accounts._hasher.check_needs_rehash(accounts._DUMMY_HASH)
+    assert PasswordHasher().verify(accounts._DUMMY_HASH, "not-a-real-password")
