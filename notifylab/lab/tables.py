@@ -59,7 +59,7 @@ class Table(list[dict[str, Any]]):
 
 
 def _short(value: object, limit: int = 400) -> str:
-    text = repr(value)
+    text = repr(list(value) if isinstance(value, Table) else value)  # one line, not the table
     return text if len(text) <= limit else text[:limit] + "..."
 
 
