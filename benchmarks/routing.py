@@ -15,6 +15,7 @@ run to run. Only the verdict is a pass/fail (exit status 1 if a mode lost or
 duplicated anything). Everything the run made in Redis and RabbitMQ is
 removed at the end. See benchmarks/README.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,9 +36,9 @@ import aio_pika
 import aiohttp
 import redis.asyncio as aioredis
 
-from notifylab.lab.client import Client
 from notifylab.config import Settings
 from notifylab.lab import Lab, LabProcess
+from notifylab.lab.client import Client
 
 PASSWORD = "benchmark password"
 STEP_SECONDS = 0.01  # the smallest step a report accepts
@@ -94,11 +95,13 @@ class Result:
 
     @property
     def valid(self) -> bool:
-        return not (self.errors or self.unfinished or any(self.lost) or any(self.duplicates)
-                    or any(self.out_of_order))
+        return not (
+            self.errors or self.unfinished or any(self.lost) or any(self.duplicates) or any(self.out_of_order)
+        )
 
 
 # -- reading the instances ---------------------------------------------------
+
 
 async def scrape(http: aiohttp.ClientSession, url: str) -> dict[str, float]:
     async with asyncio.timeout(5):
@@ -144,6 +147,7 @@ def peak_rss_kib(proc: LabProcess) -> int | None:
 
 # -- one mode ------------------------------------------------------------------
 
+
 async def make_client(url: str, index: int) -> TimedClient:
     client = TimedClient(url)
     try:
@@ -161,19 +165,26 @@ async def run_mode(mode: str, args: argparse.Namespace, log_root: Path) -> Resul
     prefix = f"nlbench{uuid.uuid4().hex[:10]}"
     result = Result(mode, prefix, log_dir=log_root / mode)
     concurrency = max(8, math.ceil(args.users / WORKERS))
-    env = {"NOTIFYLAB_PREFIX": prefix, "NOTIFYLAB_ROUTING": mode, "NOTIFYLAB_LOG_LEVEL": "WARNING",
-           "NOTIFYLAB_WORKER_CONCURRENCY": str(concurrency)}
+    env = {
+        "NOTIFYLAB_PREFIX": prefix,
+        "NOTIFYLAB_ROUTING": mode,
+        "NOTIFYLAB_LOG_LEVEL": "WARNING",
+        "NOTIFYLAB_WORKER_CONCURRENCY": str(concurrency),
+    }
     clients: list[TimedClient] = []
     instance_ids = [f"s{i}" for i in range(args.instances)]
     try:
-        async with Lab(env, log_dir=result.log_dir) as lab, \
-                aiohttp.ClientSession(timeout=HTTP_TIMEOUT) as http:
+        async with (
+            Lab(env, log_dir=result.log_dir) as lab,
+            aiohttp.ClientSession(timeout=HTTP_TIMEOUT) as http,
+        ):
             try:
                 servers = await asyncio.gather(*(lab.start_server(instance_id=i) for i in instance_ids))
                 workers = await asyncio.gather(*(lab.start_worker(f"worker-{w + 1}") for w in range(WORKERS)))
                 urls = [s.url for s in servers]
-                made = await asyncio.gather(*(make_client(urls[i % len(urls)], i) for i in range(args.users)),
-                                            return_exceptions=True)
+                made = await asyncio.gather(
+                    *(make_client(urls[i % len(urls)], i) for i in range(args.users)), return_exceptions=True
+                )
                 clients = [c for c in made if isinstance(c, Client)]
                 failures = [c for c in made if not isinstance(c, Client)]
                 if failures:
@@ -183,10 +194,16 @@ async def run_mode(mode: str, args: argparse.Namespace, log_root: Path) -> Resul
                     result.notes.append("could not reset VmHWM: peak RSS includes start-up and registration")
                 before = await scrape_all(http, urls)
                 started = time.perf_counter()
-                ops = await asyncio.gather(*(c.start("report", steps=args.events, step_seconds=STEP_SECONDS)
-                                             for c in clients))
-                waits = await asyncio.gather(*(c.wait_operation(op["id"], timeout=args.timeout)
-                                               for c, op in zip(clients, ops)), return_exceptions=True)
+                ops = await asyncio.gather(
+                    *(c.start("report", steps=args.events, step_seconds=STEP_SECONDS) for c in clients)
+                )
+                waits = await asyncio.gather(
+                    *(
+                        c.wait_operation(op["id"], timeout=args.timeout)
+                        for c, op in zip(clients, ops, strict=True)
+                    ),
+                    return_exceptions=True,
+                )
                 result.wall = time.perf_counter() - started
                 result.unfinished = sum(isinstance(w, BaseException) for w in waits)
 
@@ -202,16 +219,18 @@ async def run_mode(mode: str, args: argparse.Namespace, log_root: Path) -> Resul
                                 break
                             after = again
                 except TimeoutError:
-                    result.notes.append(f"metrics still moving after {SETTLE_TIMEOUT:.0f}s; figures are the last read")
+                    result.notes.append(
+                        f"metrics still moving after {SETTLE_TIMEOUT:.0f}s; figures are the last read"
+                    )
 
-                deltas = [{k: a[k] - b[k] for k in METRICS} for a, b in zip(after, before)]
+                deltas = [{k: a[k] - b[k] for k in METRICS} for a, b in zip(after, before, strict=True)]
                 result.metrics = {k: sum(d[k] for d in deltas) for k in METRICS}
                 result.per_instance_received = [d["received"] for d in deltas]
                 result.server_hwm_kib = [h for h in map(peak_rss_kib, servers) if h is not None]
                 result.worker_hwm_kib = [h for h in map(peak_rss_kib, workers) if h is not None]
 
                 expected = args.events + 3  # queued, started, progress x M, succeeded
-                for client, op in zip(clients, ops):
+                for client, op in zip(clients, ops, strict=True):
                     got = len(client.of_operation(op["id"]))
                     result.lost.append(max(0, expected - got))
                     result.duplicates.append(client.duplicates)
@@ -219,7 +238,9 @@ async def run_mode(mode: str, args: argparse.Namespace, log_root: Path) -> Resul
                     result.received_by_clients += len(client.notifications)
                     result.latencies_ms.extend(client.latencies_ms)
                     if got > expected:
-                        result.errors.append(f"a client got {got} notifications of one operation, expected {expected}")
+                        result.errors.append(
+                            f"a client got {got} notifications of one operation, expected {expected}"
+                        )
             finally:
                 # Close the clients while their servers still run: a client whose
                 # server went away first keeps reconnecting (see README).
@@ -239,22 +260,30 @@ async def run_mode(mode: str, args: argparse.Namespace, log_root: Path) -> Resul
 
 # -- cleaning up ---------------------------------------------------------------
 
+
 async def _fanout_queues(settings: Settings) -> list[str]:
     """The server-named queues python-socketio's fanout manager bound to our
     exchange. AMQP cannot list them, so ask the management API (if it is
     there); else they expire by themselves 5 minutes after their instance."""
     url = urlsplit(settings.broker_url)
     vhost = quote(url.path[1:] or "/", safe="")
-    api = f"http://{url.hostname or '127.0.0.1'}:15672/api/exchanges/{vhost}/{quote(settings.fanout_exchange)}"
-    token = base64.b64encode(f"{unquote(url.username or 'guest')}:{unquote(url.password or 'guest')}".encode())
+    api = (
+        f"http://{url.hostname or '127.0.0.1'}:15672/api/exchanges/{vhost}/{quote(settings.fanout_exchange)}"
+    )
+    token = base64.b64encode(
+        f"{unquote(url.username or 'guest')}:{unquote(url.password or 'guest')}".encode()
+    )
     try:
-        async with aiohttp.ClientSession(timeout=HTTP_TIMEOUT,
-                                         headers={"Authorization": "Basic " + token.decode()}) as http:
+        async with aiohttp.ClientSession(
+            timeout=HTTP_TIMEOUT, headers={"Authorization": "Basic " + token.decode()}
+        ) as http:
             async with http.get(f"{api}/bindings/source") as response:
                 if response.status != 200:
                     return []
-                return [b["destination"] for b in await response.json() if b.get("destination_type") == "queue"]
-    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+                return [
+                    b["destination"] for b in await response.json() if b.get("destination_type") == "queue"
+                ]
+    except (TimeoutError, aiohttp.ClientError, ValueError):
         return []
 
 
@@ -269,8 +298,12 @@ async def remove(prefix: str, instance_ids: list[str]) -> None:
             await client.delete(*keys)
     finally:
         await client.aclose()
-    queues = [settings.jobs_queue, settings.dead_queue, *map(settings.instance_queue, instance_ids),
-              *await _fanout_queues(settings)]
+    queues = [
+        settings.jobs_queue,
+        settings.dead_queue,
+        *map(settings.instance_queue, instance_ids),
+        *await _fanout_queues(settings),
+    ]
     connection = await aio_pika.connect(settings.broker_url, timeout=5)
     async with connection:
         for queue in queues:
@@ -288,17 +321,22 @@ async def check_services() -> None:
         async with asyncio.timeout(5):
             await client.ping()
     except Exception as exc:
-        raise SystemExit(f"Redis is not answering at {settings.redis_url} ({exc}); run scripts/services.sh")
+        raise SystemExit(
+            f"Redis is not answering at {settings.redis_url} ({exc}); run scripts/services.sh"
+        ) from None
     finally:
         await client.aclose()
     try:
         connection = await aio_pika.connect(settings.broker_url, timeout=5)
         await connection.close()
     except Exception as exc:
-        raise SystemExit(f"RabbitMQ is not answering ({type(exc).__name__}); run scripts/services.sh")
+        raise SystemExit(
+            f"RabbitMQ is not answering ({type(exc).__name__}); run scripts/services.sh"
+        ) from None
 
 
 # -- printing ------------------------------------------------------------------
+
 
 def percentile(values: list[float], p: float) -> float:
     if not values:
@@ -310,6 +348,7 @@ def percentile(values: list[float], p: float) -> float:
 
 def rows(r: Result) -> list[tuple[str, float, str]]:
     m = r.metrics
+
     def mib(kibs: list[int], combine=sum) -> float:
         return combine(kibs) / 1024 if kibs else math.nan
 
@@ -347,15 +386,17 @@ def ratio(fanout: float, topic: float) -> str:
 def print_table(topic: Result, fanout: Result) -> None:
     width = 42
     print(f"{'':{width}} {'topic':>10} {'fanout':>10} {'fanout/topic':>13}")
-    for (label, t, pattern), (_, f, _) in zip(rows(topic), rows(fanout)):
+    for (label, t, pattern), (_, f, _) in zip(rows(topic), rows(fanout), strict=True):
         print(f"{label:{width}} {fmt(t, pattern):>10} {fmt(f, pattern):>10} {ratio(f, t):>13}")
 
 
 def print_verdict(r: Result, expected: int) -> None:
     state = "valid" if r.valid else "INVALID"
-    print(f"{r.mode:6} {state}: {len(r.lost)} clients, expected {expected} notifications each; "
-          f"lost {sum(r.lost)}, duplicates {sum(r.duplicates)}, out of order {sum(r.out_of_order)}, "
-          f"unfinished {r.unfinished}")
+    print(
+        f"{r.mode:6} {state}: {len(r.lost)} clients, expected {expected} notifications each; "
+        f"lost {sum(r.lost)}, duplicates {sum(r.duplicates)}, out of order {sum(r.out_of_order)}, "
+        f"unfinished {r.unfinished}"
+    )
     print(f"       lost per client:       {r.lost}")
     print(f"       duplicates per client: {r.duplicates}")
     for error in r.errors:
@@ -369,8 +410,12 @@ async def main() -> int:
     parser.add_argument("--users", type=int, default=8, help="users, one client each (default 8)")
     parser.add_argument("--instances", type=int, default=4, help="server instances (default 4)")
     parser.add_argument("--events", type=int, default=50, help="steps per report, 1-100 (default 50)")
-    parser.add_argument("--timeout", type=float, default=60.0,
-                        help="seconds to wait for the operations to end, per mode (default 60)")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        help="seconds to wait for the operations to end, per mode (default 60)",
+    )
     parser.add_argument("--quick", action="store_true", help="4 users, 2 instances, 5 steps")
     parser.add_argument("--keep-logs", action="store_true", help="keep the processes' logs")
     args = parser.parse_args()
@@ -383,17 +428,22 @@ async def main() -> int:
     log_root = Path(tempfile.mkdtemp(prefix="notifylab-bench-"))
     per_op = args.events + 3
     total = args.users * per_op
-    print(f"notifylab routing benchmark: {args.users} users on {args.instances} instances, "
-          f"{WORKERS} workers, one report of {args.events} steps x {STEP_SECONDS}s each "
-          f"({per_op} notifications per user, {total} in all)")
-    print(f"ideal bus messages: topic {total} (each to its user's instance), "
-          f"fanout {total * args.instances} (every one to every instance)")
+    print(
+        f"notifylab routing benchmark: {args.users} users on {args.instances} instances, "
+        f"{WORKERS} workers, one report of {args.events} steps x {STEP_SECONDS}s each "
+        f"({per_op} notifications per user, {total} in all)"
+    )
+    print(
+        f"ideal bus messages: topic {total} (each to its user's instance), "
+        f"fanout {total * args.instances} (every one to every instance)"
+    )
     results = {}
     for mode in ("topic", "fanout"):
         began = time.perf_counter()
         results[mode] = await run_mode(mode, args, log_root)
-        print(f"  {mode}: done in {time.perf_counter() - began:.1f}s (start-up, run, stop, cleanup)",
-              flush=True)
+        print(
+            f"  {mode}: done in {time.perf_counter() - began:.1f}s (start-up, run, stop, cleanup)", flush=True
+        )
     print()
     print_table(results["topic"], results["fanout"])
     print()

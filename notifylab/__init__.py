@@ -8,6 +8,7 @@ inspectors) and ``widgets`` (live panels for notebooks). Beside them:
 servers and clients agree on), ``kinds`` (the operations one can start),
 ``errors`` and ``cli``.
 """
+
 from .config import Settings
 
 __all__ = ["Settings"]

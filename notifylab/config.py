@@ -4,14 +4,16 @@ Settings come from ``NOTIFYLAB_*`` environment variables over defaults, and the
 command line (``notifylab serve --port 8082``) over both. Nothing else in the
 package reads ``os.environ``: pass a :class:`Settings` down instead.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import os
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, ClassVar
 from urllib.parse import urlsplit, urlunsplit
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -57,7 +59,7 @@ class Settings:
     cookie_secure: bool = False
     inbox_max: int = 1000
 
-    ENV_NAMES = {  # field -> environment variable
+    ENV_NAMES: ClassVar[dict[str, str]] = {  # field -> environment variable
         "broker_url": "NOTIFYLAB_BROKER_URL",
         "redis_url": "NOTIFYLAB_REDIS_URL",
         "host": "NOTIFYLAB_HOST",
@@ -77,18 +79,20 @@ class Settings:
 
     def __post_init__(self) -> None:
         if self.routing not in {"topic", "fanout"}:
-            raise ConfigError(
-                f"NOTIFYLAB_ROUTING must be 'topic' or 'fanout', not {self.routing!r}")
+            raise ConfigError(f"NOTIFYLAB_ROUTING must be 'topic' or 'fanout', not {self.routing!r}")
         if not 0 < self.port < 65536:
             raise ConfigError(f"NOTIFYLAB_PORT must be 1-65535, not {self.port}")
         if self.worker_concurrency < 1 or self.max_attempts < 1:
             raise ConfigError("worker concurrency and max attempts must be at least 1")
         if not self.prefix.replace("-", "").replace("_", "").isalnum():
             raise ConfigError(f"NOTIFYLAB_PREFIX must be letters, digits, - or _, not {self.prefix!r}")
-        if self.memory != (self.broker_url.startswith("memory://") and self.redis_url.startswith("memory://")):
+        if self.memory != (
+            self.broker_url.startswith("memory://") and self.redis_url.startswith("memory://")
+        ):
             raise ConfigError(
                 "the embedded mode needs both NOTIFYLAB_BROKER_URL and NOTIFYLAB_REDIS_URL "
-                "set to memory:// (one in-memory part cannot be shared with real ones)")
+                "set to memory:// (one in-memory part cannot be shared with real ones)"
+            )
         # Frozen dataclasses need object.__setattr__ for derived defaults.
         if not self.instance_id:
             object.__setattr__(self, "instance_id", f"{socket.gethostname()}-{self.port}")
@@ -99,7 +103,7 @@ class Settings:
         return self.broker_url.startswith("memory://") or self.redis_url.startswith("memory://")
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Read ``NOTIFYLAB_*`` from ``environ`` (default ``os.environ``);
         keyword ``overrides`` that are not None win over the environment."""
         environ = os.environ if environ is None else environ

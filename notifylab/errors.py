@@ -1,4 +1,5 @@
 """The errors notifylab raises on purpose, each with a message meant for the user."""
+
 from __future__ import annotations
 
 

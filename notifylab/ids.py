@@ -6,6 +6,7 @@ user compare by id, and "what did I miss since X" is one range read. This
 module has no dependencies, so the kernel side (``notifylab.lab``) can use it
 without the server's.
 """
+
 from __future__ import annotations
 
 import re

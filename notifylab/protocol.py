@@ -2,6 +2,7 @@
 notification. Defined once here, used by the server, the worker and the
 Python client alike; no dependencies, so the kernel side can import it.
 """
+
 from __future__ import annotations
 
 from typing import NotRequired, TypedDict

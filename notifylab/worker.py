@@ -6,6 +6,7 @@ then publishes the notification (``bus/managers.py``). The job is acked only whe
 operation has ended, so a killed worker's job goes to another worker, which
 carries on from the last recorded step and says that it restarted.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -35,8 +36,9 @@ class Worker:
     """Runs jobs. ``emitter`` is a python-socketio client manager (write-only
     on RabbitMQ, the server's own in the embedded mode)."""
 
-    def __init__(self, settings: Settings, redis: Redis, jobs: Jobs, emitter: Manager,
-                 worker_id: str | None = None):
+    def __init__(
+        self, settings: Settings, redis: Redis, jobs: Jobs, emitter: Manager, worker_id: str | None = None
+    ):
         self.settings = settings
         self.jobs = jobs
         self.emitter = emitter
@@ -45,8 +47,12 @@ class Worker:
 
     async def start(self) -> None:
         await self.jobs.consume(self.handle, self.settings.worker_concurrency)
-        log.info("worker %s consuming %s (concurrency %d)", self.id, self.settings.jobs_queue,
-                 self.settings.worker_concurrency)
+        log.info(
+            "worker %s consuming %s (concurrency %d)",
+            self.id,
+            self.settings.jobs_queue,
+            self.settings.worker_concurrency,
+        )
 
     async def _move(self, op: Operation, type_: str, fenced: bool = True, **changes) -> Operation:
         # Fenced by our attempt number, except for the moves that start one.
@@ -88,32 +94,48 @@ class Worker:
             return Outcome.RETRY
 
     async def _give_up(self, op: Operation, reason: str = "the worker running it stopped") -> Outcome:
-        await self._move(op, "operation.failed", fenced=False,
-                         error=f"gave up after {op.attempts} attempts: {reason}")
+        await self._move(
+            op, "operation.failed", fenced=False, error=f"gave up after {op.attempts} attempts: {reason}"
+        )
         return Outcome.DEAD
 
     async def _run(self, op: Operation) -> Outcome:
         kind = KINDS[op.kind]
         params = op.params
         if op.state == "queued":
-            op = await self._move(op, "operation.started", fenced=False, attempts=1, worker=self.id,
-                                  message=f"Started on worker {self.id}")
+            op = await self._move(
+                op,
+                "operation.started",
+                fenced=False,
+                attempts=1,
+                worker=self.id,
+                message=f"Started on worker {self.id}",
+            )
         else:  # it was running elsewhere when that worker stopped
-            op = await self._move(op, "operation.restarted", fenced=False, attempts=op.attempts + 1,
-                                  worker=self.id,
-                                  message=f"Restarted on worker {self.id} at step {op.step + 1} "
-                                          f"(attempt {op.attempts + 1})")
+            op = await self._move(
+                op,
+                "operation.restarted",
+                fenced=False,
+                attempts=op.attempts + 1,
+                worker=self.id,
+                message=f"Restarted on worker {self.id} at step {op.step + 1} (attempt {op.attempts + 1})",
+            )
         for step in range(op.step + 1, op.steps + 1):
             if not await self._wait_step(op, params["step_seconds"]):
                 return Outcome.DONE  # cancelled
             if params.get("error_at") == step:
                 raise SimulatedBug(f"simulated bug at step {step}")
             if params.get("fail_at") == step:
-                await self._move(op, "operation.failed", step=step,
-                                 error=f"step {step} failed: {kind.step_messages[0].lower()} hit an error")
+                await self._move(
+                    op,
+                    "operation.failed",
+                    step=step,
+                    error=f"step {step} failed: {kind.step_messages[0].lower()} hit an error",
+                )
                 return Outcome.DONE
-            op = await self._move(op, "operation.progress", step=step,
-                                  message=kind.step_message(step, op.steps))
+            op = await self._move(
+                op, "operation.progress", step=step, message=kind.step_message(step, op.steps)
+            )
         await self._move(op, "operation.succeeded", message=f"{kind.title} finished")
         return Outcome.DONE
 

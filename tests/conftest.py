@@ -4,16 +4,17 @@ Every test run uses its own prefix for Redis keys and RabbitMQ names, so runs
 never see each other's data, and removes what it made at the end. A missing
 RabbitMQ or Redis is a failure, never a skip: the guarantees are about them.
 """
+
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from notifylab.lab.client import Client
 from notifylab.lab import Lab
+from notifylab.lab.client import Client
 from support import PASSWORD, PREFIXES, check_services, new_prefix, new_username, remove
 
 
@@ -34,8 +35,10 @@ async def make_lab(services: None, tmp_path: Path) -> AsyncIterator[LabFactory]:
     labs: list[Lab] = []
 
     async def make(servers: int = 2, workers: int = 1, **env: str) -> Lab:
-        lab = Lab({"NOTIFYLAB_PREFIX": new_prefix(), "NOTIFYLAB_LOG_LEVEL": "INFO", **env},
-                  log_dir=tmp_path / f"lab{len(labs)}")
+        lab = Lab(
+            {"NOTIFYLAB_PREFIX": new_prefix(), "NOTIFYLAB_LOG_LEVEL": "INFO", **env},
+            log_dir=tmp_path / f"lab{len(labs)}",
+        )
         labs.append(lab)
         for i in range(servers):
             await lab.start_server(instance_id="ab"[i] if i < 2 else None)
@@ -50,8 +53,10 @@ async def make_lab(services: None, tmp_path: Path) -> AsyncIterator[LabFactory]:
 @pytest.fixture(scope="module")
 async def stack(services: None, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Lab]:
     """Two server instances (a, b) and one worker, shared by a test module."""
-    lab = Lab({"NOTIFYLAB_PREFIX": new_prefix(), "NOTIFYLAB_LOG_LEVEL": "INFO"},
-              log_dir=tmp_path_factory.mktemp("stack"))
+    lab = Lab(
+        {"NOTIFYLAB_PREFIX": new_prefix(), "NOTIFYLAB_LOG_LEVEL": "INFO"},
+        log_dir=tmp_path_factory.mktemp("stack"),
+    )
     async with lab:
         await lab.start_server(instance_id="a")
         await lab.start_server(instance_id="b")

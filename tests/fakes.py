@@ -4,9 +4,11 @@ what it emits, and a client manager that records binds. Redis is fakeredis.
 They stand in for the parts a unit test is not about; the end-to-end tests
 run the real ones.
 """
+
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import fakeredis
 
@@ -52,8 +54,9 @@ class FakeSio:
         self.emitted: list[tuple[str, Any, str | None]] = []
         self.rooms: dict[str, set[str]] = {}
 
-    async def emit(self, event: str, data: Any, to: str | None = None, room: str | None = None,
-                   **kwargs: Any) -> None:
+    async def emit(
+        self, event: str, data: Any, to: str | None = None, room: str | None = None, **kwargs: Any
+    ) -> None:
         self.emitted.append((event, data, to or room))
 
     async def enter_room(self, sid: str, room: str) -> None:
@@ -61,8 +64,11 @@ class FakeSio:
 
     def notifications(self, target: str | None = None) -> list[str]:
         """The ids of the notifications emitted (to ``target`` only, if given)."""
-        return [data["id"] for event, data, to in self.emitted
-                if event == "notification" and (target is None or to == target)]
+        return [
+            data["id"]
+            for event, data, to in self.emitted
+            if event == "notification" and (target is None or to == target)
+        ]
 
 
 def make_feed(redis: fakeredis.FakeAsyncRedis) -> tuple[Feed, FakeSio, Inbox, Metrics]:

@@ -1,4 +1,5 @@
 """Helpers the tests share (imported by both conftest files and the tests)."""
+
 from __future__ import annotations
 
 import asyncio

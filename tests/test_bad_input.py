@@ -1,4 +1,5 @@
 """Bad input gets a clear error, and the instance keeps serving everyone else."""
+
 from __future__ import annotations
 
 import asyncio
@@ -7,8 +8,8 @@ import aiohttp
 import pytest
 import socketio
 
-from support import PASSWORD, servers
 from notifylab.lab.client import Client, ClientError
+from support import PASSWORD, servers
 
 
 @pytest.fixture
@@ -21,39 +22,49 @@ async def answer(response: aiohttp.ClientResponse) -> tuple[int, dict]:
     return response.status, await response.json()
 
 
-@pytest.mark.parametrize("payload, status, fragment", [
-    (b"{not json", 400, "not valid JSON"),
-    (b"[1, 2]", 400, "must be a JSON object"),
-    (b'{"username": "A!", "password": "long enough"}', 400, "username must be"),
-    (b'{"username": "fine_name", "password": "short"}', 400, "password must be"),
-])
+@pytest.mark.parametrize(
+    "payload, status, fragment",
+    [
+        (b"{not json", 400, "not valid JSON"),
+        (b"[1, 2]", 400, "must be a JSON object"),
+        (b'{"username": "A!", "password": "long enough"}', 400, "username must be"),
+        (b'{"username": "fine_name", "password": "short"}', 400, "password must be"),
+    ],
+)
 async def test_register_rejects_malformed_input(stack, http, payload, status, fragment):
     url = servers(stack)[0]
-    async with http.post(f"{url}/api/register", data=payload,
-                         headers={"Content-Type": "application/json"}) as r:
+    async with http.post(
+        f"{url}/api/register", data=payload, headers={"Content-Type": "application/json"}
+    ) as r:
         code, body = await answer(r)
     assert code == status and fragment in body["error"]
 
 
 async def test_an_oversized_body_is_refused_with_413(stack, http):
     url = servers(stack)[0]
-    async with http.post(f"{url}/api/login", data=b'{"username": "' + b"x" * 100_000 + b'"}',
-                         headers={"Content-Type": "application/json"}) as r:
+    async with http.post(
+        f"{url}/api/login",
+        data=b'{"username": "' + b"x" * 100_000 + b'"}',
+        headers={"Content-Type": "application/json"},
+    ) as r:
         code, body = await answer(r)
     assert code == 413 and "error" in body
 
 
-@pytest.mark.parametrize("request_body, field, fragment", [
-    ({"kind": "teleport", "params": {}}, "kind", "unknown operation kind"),
-    ({"kind": "report", "params": {"steps": 0}}, "params.steps", "between 1 and 100"),
-    ({"kind": "report", "params": {"steps": 1000}}, "params.steps", "between 1 and 100"),
-    ({"kind": "report", "params": {"steps": 2.5}}, "params.steps", "whole number"),
-    ({"kind": "report", "params": {"steps": True}}, "params.steps", "whole number"),
-    ({"kind": "report", "params": {"step_seconds": "fast"}}, "params.step_seconds", "a number"),
-    ({"kind": "report", "params": {"steps": 3, "fail_at": 5}}, "params.fail_at", "at most steps"),
-    ({"kind": "report", "params": {"colour": "red"}}, "params.colour", "unknown parameter"),
-    ({"kind": "report", "params": [1]}, "params", "must be an object"),
-])
+@pytest.mark.parametrize(
+    "request_body, field, fragment",
+    [
+        ({"kind": "teleport", "params": {}}, "kind", "unknown operation kind"),
+        ({"kind": "report", "params": {"steps": 0}}, "params.steps", "between 1 and 100"),
+        ({"kind": "report", "params": {"steps": 1000}}, "params.steps", "between 1 and 100"),
+        ({"kind": "report", "params": {"steps": 2.5}}, "params.steps", "whole number"),
+        ({"kind": "report", "params": {"steps": True}}, "params.steps", "whole number"),
+        ({"kind": "report", "params": {"step_seconds": "fast"}}, "params.step_seconds", "a number"),
+        ({"kind": "report", "params": {"steps": 3, "fail_at": 5}}, "params.fail_at", "at most steps"),
+        ({"kind": "report", "params": {"colour": "red"}}, "params.colour", "unknown parameter"),
+        ({"kind": "report", "params": [1]}, "params", "must be an object"),
+    ],
+)
 async def test_bad_operations_name_the_field(stack, clients, request_body, field, fragment):
     me = await clients(servers(stack)[0])
     with pytest.raises(ClientError) as rest:
@@ -106,12 +117,15 @@ async def test_another_users_operation_is_not_found_by_rest_or_socket(stack, cli
     assert not intruder.of_operation(op["id"])
 
 
-@pytest.mark.parametrize("event, data, fragment", [
-    ("operation:cancel", {"id": None}, "no such operation"),
-    ("inbox:read", {"up_to": "yesterday"}, "up_to must be"),
-    ("sync", {"after": 42}, "after must be"),
-    ("operation:start", "not an object", "must be an object"),
-])
+@pytest.mark.parametrize(
+    "event, data, fragment",
+    [
+        ("operation:cancel", {"id": None}, "no such operation"),
+        ("inbox:read", {"up_to": "yesterday"}, "up_to must be"),
+        ("sync", {"after": 42}, "after must be"),
+        ("operation:start", "not an object", "must be an object"),
+    ],
+)
 async def test_bad_socket_events_are_acked_with_an_error(stack, clients, event, data, fragment):
     me = await clients(servers(stack)[1])
     ack = await me.sio.call(event, data, timeout=5)

@@ -7,6 +7,7 @@
 - The package's import graph: no circle, and the kernel side (``lab``,
   ``widgets``) never imports the server or the store.
 """
+
 from __future__ import annotations
 
 import ast
@@ -15,9 +16,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from fakes import SETTINGS, fake_redis, make_feed
 from notifylab.bus.managers import TopicManager, publish_notification, routing_key
 from notifylab.protocol import user_room
-from fakes import SETTINGS, fake_redis, make_feed
 
 PACKAGE = Path(__file__).resolve().parent.parent / "notifylab"
 
@@ -34,9 +35,21 @@ async def test_an_emit_on_one_instance_reaches_the_feed_of_another():
     feed, sio, inbox, _ = make_feed(redis)
     sio.manager.connected.add("s1")
     await feed.attach("s1", "ann", last_id=None)
-    note = await inbox.append("ann", {"user": "ann", "type": "operation.queued", "operation": "op1",
-                                      "kind": "report", "state": "queued", "step": 0, "steps": 1,
-                                      "progress": 0.0, "message": "", "ts": 1})
+    note = await inbox.append(
+        "ann",
+        {
+            "user": "ann",
+            "type": "operation.queued",
+            "operation": "op1",
+            "kind": "report",
+            "state": "queued",
+            "step": 0,
+            "steps": 1,
+            "progress": 0.0,
+            "message": "",
+            "ts": 1,
+        },
+    )
     await publish_notification(publisher, note)
     assert len(sent) == 1 and routing_key(sent[0]) == "user.ann"
 
@@ -59,7 +72,7 @@ def _imports(path: Path, module: str) -> set[str]:
             base = node.module or ""
             if node.level:
                 parts = package.split(".")
-                base = ".".join(parts[:len(parts) - node.level + 1] + ([base] if base else []))
+                base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
             if base.startswith("notifylab"):
                 found.add(base)
                 found |= {f"{base}.{a.name}" for a in node.names}
@@ -72,8 +85,10 @@ def _graph() -> dict[str, set[str]]:
         parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
         name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
         modules[name] = path
-    return {name: {m for m in _imports(path, name) if m in modules and m != name}
-            for name, path in modules.items()}
+    return {
+        name: {m for m in _imports(path, name) if m in modules and m != name}
+        for name, path in modules.items()
+    }
 
 
 def test_no_module_imports_itself_through_others():
@@ -83,12 +98,12 @@ def test_no_module_imports_itself_through_others():
 
     def visit(node: str, stack: list[str], done: set[str]) -> None:
         if node in stack:
-            cycles.append(stack[stack.index(node):] + [node])
+            cycles.append([*stack[stack.index(node) :], node])
             return
         if node in done:
             return
         for nxt in sorted(graph[node]):
-            visit(nxt, stack + [node], done)
+            visit(nxt, [*stack, node], done)
         done.add(node)
 
     done: set[str] = set()
@@ -107,9 +122,11 @@ def test_the_kernel_side_never_imports_the_server_or_the_store():
         bad = {m for m in graph[module] if m.startswith(("notifylab.server", "notifylab.store"))}
         assert not bad, f"{module} imports {bad}"
     # And at run time, whatever the imports' imports do:
-    code = ("import sys, notifylab.lab, notifylab.lab.cluster, notifylab.lab.verdict\n"
-            "import importlib.util\n"
-            "if importlib.util.find_spec('notifylab.widgets'): import notifylab.widgets\n"
-            "print([m for m in sys.modules if m.startswith(('notifylab.server', 'notifylab.store'))])")
+    code = (
+        "import sys, notifylab.lab, notifylab.lab.cluster, notifylab.lab.verdict\n"
+        "import importlib.util\n"
+        "if importlib.util.find_spec('notifylab.widgets'): import notifylab.widgets\n"
+        "print([m for m in sys.modules if m.startswith(('notifylab.server', 'notifylab.store'))])"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "[]"

@@ -1,16 +1,18 @@
 """Delivery guarantees, end to end: real instances, a real worker, real sockets."""
+
 from __future__ import annotations
 
+import itertools
 import json
 
 import aio_pika
 import redis.asyncio as aioredis
 
-from support import BROKER, REDIS, servers
 from notifylab.config import Settings
 from notifylab.ids import id_after
-from notifylab.store.inbox import Inbox
 from notifylab.protocol import user_room
+from notifylab.store.inbox import Inbox
+from support import BROKER, REDIS, servers
 
 STEPS = 6
 
@@ -20,12 +22,14 @@ def types(notes: list[dict]) -> list[str]:
 
 
 def expected_types(steps: int = STEPS) -> list[str]:
-    return ["operation.queued", "operation.started"] + ["operation.progress"] * steps + ["operation.succeeded"]
+    return (
+        ["operation.queued", "operation.started"] + ["operation.progress"] * steps + ["operation.succeeded"]
+    )
 
 
 def assert_in_order(notes: list[dict]) -> None:
     ids = [n["id"] for n in notes]
-    assert all(id_after(b, a) for a, b in zip(ids, ids[1:])), ids
+    assert all(id_after(b, a) for a, b in itertools.pairwise(ids)), ids
 
 
 async def test_every_event_reaches_every_session_on_both_instances_in_order_once(stack, clients):
@@ -71,7 +75,9 @@ async def test_a_client_that_reconnects_gets_exactly_what_it_missed(stack, clien
     roamer = await clients(url_b, user=watcher.user)
 
     op = await watcher.start("train", steps=10, step_seconds=0.1)
-    await roamer.wait_for(lambda: any(n["type"] == "operation.progress" for n in roamer.of_operation(op["id"])))
+    await roamer.wait_for(
+        lambda: any(n["type"] == "operation.progress" for n in roamer.of_operation(op["id"]))
+    )
     await roamer.disconnect()
     seen_before = len(roamer.notifications)
     await watcher.wait_for(lambda: sum(n["type"] == "operation.progress" for n in watcher.notifications) >= 6)
@@ -124,10 +130,21 @@ async def test_a_notification_lost_on_the_bus_is_read_back_from_the_stream(stack
     settings = Settings.from_env({"NOTIFYLAB_PREFIX": stack.env["NOTIFYLAB_PREFIX"]})
     redis = aioredis.from_url(REDIS, decode_responses=True)
     inbox = Inbox(redis, settings)
-    base = {"user": client.user, "operation": "manual", "kind": "report", "state": "running",
-            "steps": 2, "progress": 0.5, "ts": 0}
-    lost = await inbox.append(client.user, {**base, "type": "operation.progress", "step": 1, "message": "lost"})
-    sent = await inbox.append(client.user, {**base, "type": "operation.progress", "step": 2, "message": "sent"})
+    base = {
+        "user": client.user,
+        "operation": "manual",
+        "kind": "report",
+        "state": "running",
+        "steps": 2,
+        "progress": 0.5,
+        "ts": 0,
+    }
+    lost = await inbox.append(
+        client.user, {**base, "type": "operation.progress", "step": 1, "message": "lost"}
+    )
+    sent = await inbox.append(
+        client.user, {**base, "type": "operation.progress", "step": 2, "message": "sent"}
+    )
     assert sent["prev"] == lost["id"]
 
     # Publish like a worker's write-only manager would.
@@ -135,9 +152,19 @@ async def test_a_notification_lost_on_the_bus_is_read_back_from_the_stream(stack
     async with connection:
         channel = await connection.channel()
         exchange = await channel.get_exchange(settings.events_exchange)
-        message = {"method": "emit", "event": "notification", "data": [sent], "namespace": "/",
-                   "room": user_room(client.user), "skip_sid": None, "callback": None, "host_id": "test"}
-        await exchange.publish(aio_pika.Message(json.dumps(message).encode()), routing_key=f"user.{client.user}")
+        message = {
+            "method": "emit",
+            "event": "notification",
+            "data": [sent],
+            "namespace": "/",
+            "room": user_room(client.user),
+            "skip_sid": None,
+            "callback": None,
+            "host_id": "test",
+        }
+        await exchange.publish(
+            aio_pika.Message(json.dumps(message).encode()), routing_key=f"user.{client.user}"
+        )
     await redis.aclose()
 
     await client.wait_for(lambda: len(client.notifications) == 2, 10)

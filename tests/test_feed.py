@@ -3,20 +3,30 @@
 These point at the cause when delivery breaks; test_delivery.py and
 test_restarts.py prove the same guarantees end to end.
 """
+
 from __future__ import annotations
 
+from fakes import fake_redis, make_feed
 from notifylab.ids import ZERO
 from notifylab.protocol import user_room
-from fakes import fake_redis, make_feed
 
 ANN = "ann"
 ROOM = user_room(ANN)
 
 
 def note(n: int) -> dict:
-    return {"user": ANN, "type": "operation.progress", "operation": "op1", "kind": "report",
-            "state": "running", "step": n, "steps": 9, "progress": n / 9, "message": f"step {n}",
-            "ts": 1}
+    return {
+        "user": ANN,
+        "type": "operation.progress",
+        "operation": "op1",
+        "kind": "report",
+        "state": "running",
+        "step": n,
+        "steps": 9,
+        "progress": n / 9,
+        "message": f"step {n}",
+        "ts": 1,
+    }
 
 
 async def test_rule_1_bind_then_read_nothing_falls_between():

@@ -1,4 +1,5 @@
 """Attacks and careless clients: each test here failed before its fix."""
+
 from __future__ import annotations
 
 import pytest

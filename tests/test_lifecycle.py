@@ -1,4 +1,5 @@
 """Processes stop cleanly: SIGTERM ends a server with sockets open, and a worker."""
+
 from __future__ import annotations
 
 import pytest

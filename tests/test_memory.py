@@ -1,4 +1,5 @@
 """The embedded mode (memory:// URLs): one process, no RabbitMQ, no Redis."""
+
 from __future__ import annotations
 
 import subprocess
@@ -7,12 +8,12 @@ import sys
 import fakeredis
 import pytest
 
-from support import new_username
-from notifylab.lab.client import Client
 from notifylab.config import ConfigError, Settings
-from notifylab.store.inbox import Inbox
 from notifylab.lab import Lab
+from notifylab.lab.client import Client
+from notifylab.store.inbox import Inbox
 from notifylab.store.operations import Operations, TransitionRefused
+from support import new_username
 
 MEMORY = {"NOTIFYLAB_BROKER_URL": "memory://", "NOTIFYLAB_REDIS_URL": "memory://"}
 
@@ -36,8 +37,13 @@ async def test_the_embedded_mode_runs_end_to_end(embedded):
             final = await client.wait_operation(op["id"])
             assert final["type"] == "operation.succeeded"
             assert [n["type"] for n in client.notifications] == [
-                "operation.queued", "operation.started", "operation.progress", "operation.progress",
-                "operation.progress", "operation.succeeded"]
+                "operation.queued",
+                "operation.started",
+                "operation.progress",
+                "operation.progress",
+                "operation.progress",
+                "operation.succeeded",
+            ]
         buggy = await phone.start("export", steps=2, step_seconds=0.01, error_at=1)
         assert "gave up after 3 attempts" in (await laptop.wait_operation(buggy["id"]))["message"]
         assert laptop.duplicates == phone.duplicates == 0
@@ -52,8 +58,21 @@ def test_the_embedded_mode_needs_both_urls_in_memory():
 
 
 def test_a_separate_worker_is_refused_in_the_embedded_mode():
-    result = subprocess.run([sys.executable, "-m", "notifylab", "worker", "--broker-url", "memory://",
-                             "--redis-url", "memory://"], capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "notifylab",
+            "worker",
+            "--broker-url",
+            "memory://",
+            "--redis-url",
+            "memory://",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode == 2
     assert "cannot share memory://" in result.stderr and "Traceback" not in result.stderr
 

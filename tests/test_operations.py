@@ -1,4 +1,5 @@
 """Operations through real workers: success, failure, cancel, crash, dead letters."""
+
 from __future__ import annotations
 
 import asyncio
@@ -6,8 +7,8 @@ import asyncio
 import aio_pika
 import pytest
 
-from support import BROKER, servers
 from notifylab.lab.client import ClientError
+from support import BROKER, servers
 
 
 async def test_an_operation_can_fail_at_a_step(stack, clients):

@@ -1,22 +1,25 @@
 """Restarting RabbitMQ or Redis in the middle of an operation loses nothing."""
+
 from __future__ import annotations
 
 import asyncio
+import itertools
 import shutil
 
 import pytest
 import redis.asyncio as aioredis
 
-from support import servers
 from notifylab.ids import id_after
 from notifylab.lab import free_port
+from support import servers
 
 STEPS = 16
 
 
 async def run(*command: str) -> None:
-    process = await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.DEVNULL,
-                                                   stderr=asyncio.subprocess.PIPE)
+    process = await asyncio.create_subprocess_exec(
+        *command, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+    )
     _, err = await process.communicate()
     assert process.returncode == 0, f"{command}: {err.decode()}"
 
@@ -27,7 +30,7 @@ def assert_complete(client, op_id: str) -> None:
     steps = [n["step"] for n in notes if n["type"] == "operation.progress"]
     assert steps == list(range(1, STEPS + 1))  # every step once, in order
     ids = [n["id"] for n in client.notifications]
-    assert all(id_after(b, a) for a, b in zip(ids, ids[1:]))
+    assert all(id_after(b, a) for a, b in itertools.pairwise(ids))
     assert client.duplicates == 0
 
 
@@ -60,8 +63,21 @@ async def private_redis(tmp_path):
     """A Redis of the test's own that keeps its data on disk (append-only
     file), so it can be killed and brought back like a production one."""
     port = free_port()
-    command = [shutil.which("redis-server"), "--port", str(port), "--bind", "127.0.0.1",
-               "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--dir", str(tmp_path)]
+    command = [
+        shutil.which("redis-server"),
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "always",
+        "--save",
+        "",
+        "--dir",
+        str(tmp_path),
+    ]
     state = {}
 
     async def start() -> None:

@@ -1,4 +1,5 @@
 """Per-user topic routing against python-socketio's fanout, counted on the instances."""
+
 from __future__ import annotations
 
 import asyncio
@@ -59,7 +60,9 @@ async def test_an_instance_receives_only_events_of_users_connected_to_it(make_la
     await settled(url_a, received, before[url_a], expected_a)
     await settled(url_b, received, before[url_b], expected_b)
     assert len(ann.of_operation(op["id"])) == PER_OPERATION and not bob.of_operation(op["id"])
-    assert await metric(url_b, "notifylab_bus_messages_not_local_total") == (0 if routing == "topic" else PER_OPERATION)
+    assert await metric(url_b, "notifylab_bus_messages_not_local_total") == (
+        0 if routing == "topic" else PER_OPERATION
+    )
 
 
 async def test_the_metrics_page_speaks_prometheus(stack, clients):

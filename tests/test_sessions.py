@@ -1,19 +1,22 @@
 """Accounts and sessions: cookies, listing, revocation across instances."""
+
 from __future__ import annotations
 
 import aiohttp
 import pytest
-import socketio
 import redis.asyncio as aioredis
+import socketio
 
-from support import PASSWORD, REDIS, new_username, servers
 from notifylab.lab.client import Client, ClientError
+from support import PASSWORD, REDIS, new_username, servers
 
 
 async def test_the_cookie_is_httponly_samesite_and_works_on_every_instance(stack):
     url_a, url_b = servers(stack)
     async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
-        async with http.post(f"{url_a}/api/register", json={"username": new_username(), "password": PASSWORD}) as r:
+        async with http.post(
+            f"{url_a}/api/register", json={"username": new_username(), "password": PASSWORD}
+        ) as r:
             assert r.status == 201
             header = r.headers["Set-Cookie"]
         assert "HttpOnly" in header and "SameSite=Lax" in header and "Path=/" in header
@@ -97,4 +100,3 @@ async def test_a_wrong_password_and_an_unknown_user_get_the_same_answer(stack):
             await me.login(new_username(), PASSWORD)
     assert wrong.value.status == unknown.value.status == 401
     assert wrong.value.body == unknown.value.body
-

@@ -1,4 +1,5 @@
 """Pieces that need no service: settings, operation kinds, ids, start-up errors."""
+
 from __future__ import annotations
 
 import subprocess
@@ -6,16 +7,17 @@ import sys
 
 import pytest
 
+from notifylab.bus.managers import routing_key
 from notifylab.config import ConfigError, Settings
 from notifylab.errors import BadRequest
 from notifylab.ids import id_after, parse_id
 from notifylab.kinds import KINDS, get_kind
-from notifylab.bus.managers import routing_key
 
 
 def test_settings_come_from_the_environment_and_flags_win():
-    settings = Settings.from_env({"NOTIFYLAB_PORT": "9000", "NOTIFYLAB_ROUTING": "fanout",
-                                  "NOTIFYLAB_COOKIE_SECURE": "yes"}, port=9100)
+    settings = Settings.from_env(
+        {"NOTIFYLAB_PORT": "9000", "NOTIFYLAB_ROUTING": "fanout", "NOTIFYLAB_COOKIE_SECURE": "yes"}, port=9100
+    )
     assert settings.port == 9100 and settings.routing == "fanout" and settings.cookie_secure
     assert settings.key("inbox", "ann") == "notifylab:inbox:ann"
     assert settings.instance_queue("a") == "notifylab.instance.a"
@@ -26,11 +28,14 @@ def test_the_secret_never_shows_in_the_repr():
     assert settings.secret == "hunter2-hunter2" and "hunter2" not in repr(settings)
 
 
-@pytest.mark.parametrize("env, fragment", [
-    ({"NOTIFYLAB_PORT": "eighty"}, "NOTIFYLAB_PORT"),
-    ({"NOTIFYLAB_ROUTING": "carrier-pigeon"}, "NOTIFYLAB_ROUTING"),
-    ({"NOTIFYLAB_PREFIX": "a b"}, "NOTIFYLAB_PREFIX"),
-])
+@pytest.mark.parametrize(
+    "env, fragment",
+    [
+        ({"NOTIFYLAB_PORT": "eighty"}, "NOTIFYLAB_PORT"),
+        ({"NOTIFYLAB_ROUTING": "carrier-pigeon"}, "NOTIFYLAB_ROUTING"),
+        ({"NOTIFYLAB_PREFIX": "a b"}, "NOTIFYLAB_PREFIX"),
+    ],
+)
 def test_bad_settings_name_the_variable(env, fragment):
     with pytest.raises(ConfigError, match=fragment):
         Settings.from_env(env)
@@ -39,8 +44,14 @@ def test_bad_settings_name_the_variable(env, fragment):
 def test_kinds_fill_defaults_and_describe_their_parameters():
     assert get_kind("report").validate({}) == {"steps": 8, "step_seconds": 0.5}
     described = KINDS["train"].as_dict()
-    assert described["params"]["steps"] == {"type": "int", "min": 1, "max": 100, "default": 20,
-                                            "optional": False, "help": "how many steps the operation runs"}
+    assert described["params"]["steps"] == {
+        "type": "int",
+        "min": 1,
+        "max": 100,
+        "default": 20,
+        "optional": False,
+        "help": "how many steps the operation runs",
+    }
     with pytest.raises(BadRequest) as error:
         get_kind("report").validate({"step_seconds": 0})
     assert error.value.field == "params.step_seconds"
@@ -58,13 +69,20 @@ def test_user_rooms_route_by_user_and_the_rest_to_every_instance():
     assert routing_key({"method": "disconnect", "sid": "Xy12sid"}) == "control.disconnect"
 
 
-@pytest.mark.parametrize("flag, service", [
-    ("--broker-url=amqp://guest:secretpw@127.0.0.1:1/", "RabbitMQ"),
-    ("--redis-url=redis://:secretpw@127.0.0.1:1/0", "Redis"),
-])
+@pytest.mark.parametrize(
+    "flag, service",
+    [
+        ("--broker-url=amqp://guest:secretpw@127.0.0.1:1/", "RabbitMQ"),
+        ("--redis-url=redis://:secretpw@127.0.0.1:1/0", "Redis"),
+    ],
+)
 def test_an_unreachable_service_at_start_is_one_line_naming_the_url(flag, service):
-    result = subprocess.run([sys.executable, "-m", "notifylab", "serve", "--port", "1", flag],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "notifylab", "serve", "--port", "1", flag],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr

@@ -4,16 +4,18 @@ transitions, in process (fakeredis, an emitter that records).
 test_operations.py and test_restarts.py prove the same end to end, with real
 workers killed and RabbitMQ and Redis restarted.
 """
+
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 
+from fakes import SETTINGS, fake_redis, make_operations
 from notifylab.bus.jobs import MemoryJobs, Outcome
 from notifylab.store.operations import TRANSITIONS, Operations, TransitionRefused
 from notifylab.worker import Worker
-from fakes import SETTINGS, fake_redis, make_operations
 
 PARAMS = {"steps": 3, "step_seconds": 0.01}
 
@@ -36,8 +38,11 @@ class Emitter:
 def parts() -> tuple[Operations, Emitter, Callable[[str], Worker]]:
     redis = fake_redis()
     emitter = Emitter()
-    return make_operations(redis), emitter, lambda name: Worker(
-        SETTINGS, redis, MemoryJobs(SETTINGS), emitter, worker_id=name)  # type: ignore[arg-type]
+    return (
+        make_operations(redis),
+        emitter,
+        lambda name: Worker(SETTINGS, redis, MemoryJobs(SETTINGS), emitter, worker_id=name),
+    )  # type: ignore[arg-type]
 
 
 async def test_a_job_runs_queued_to_succeeded_step_by_step(parts):

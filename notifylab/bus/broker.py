@@ -5,6 +5,7 @@ lab's inspector) goes through these three functions, so a broker that is down
 gives the same one-line error everywhere and a publish is never taken as sent
 until RabbitMQ has confirmed it.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -31,15 +32,18 @@ async def connect_broker(url: str) -> aio_pika.abc.AbstractRobustConnection:
         logger.setLevel(logging.CRITICAL)
     try:
         return await aio_pika.connect_robust(url, timeout=5)
-    except (OSError, asyncio.TimeoutError, aio_pika.exceptions.AMQPError) as exc:
-        raise ServiceUnavailable(f"cannot reach RabbitMQ at {redact(url)}: {exc or type(exc).__name__}") from None
+    except (TimeoutError, OSError, aio_pika.exceptions.AMQPError) as exc:
+        raise ServiceUnavailable(
+            f"cannot reach RabbitMQ at {redact(url)}: {exc or type(exc).__name__}"
+        ) from None
     finally:
-        for logger, level in zip(quiet, levels):
+        for logger, level in zip(quiet, levels, strict=True):
             logger.setLevel(level)
 
 
-async def publish_confirmed(exchange: aio_pika.abc.AbstractExchange, message: aio_pika.Message,
-                            key: str) -> None:
+async def publish_confirmed(
+    exchange: aio_pika.abc.AbstractExchange, message: aio_pika.Message, key: str
+) -> None:
     """Publish and return once the broker has confirmed it. While the broker
     is away (a restart), retry with backoff for up to PUBLISH_DEADLINE
     seconds, then raise TimeoutError: the caller must not take it as sent."""

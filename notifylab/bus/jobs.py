@@ -6,13 +6,14 @@ that dies mid-job hands the job back and another worker runs it. A job its
 worker gives up on is rejected into the dead-letter queue, where it stays
 for inspection. In the embedded mode an asyncio queue stands in for it.
 """
+
 from __future__ import annotations
 
 import asyncio
 import enum
 import json
 import logging
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
@@ -47,9 +48,10 @@ class RabbitJobs:
         self._channel = await self._connection.channel()  # confirms on
         await self._channel.declare_queue(self.settings.dead_queue, durable=True)
         self._queue = await self._channel.declare_queue(
-            self.settings.jobs_queue, durable=True,
-            arguments={"x-dead-letter-exchange": "",
-                       "x-dead-letter-routing-key": self.settings.dead_queue})
+            self.settings.jobs_queue,
+            durable=True,
+            arguments={"x-dead-letter-exchange": "", "x-dead-letter-routing-key": self.settings.dead_queue},
+        )
 
     @property
     def connected(self) -> bool:
@@ -60,8 +62,11 @@ class RabbitJobs:
     async def publish(self, job: dict) -> None:
         """Queue ``job``; returns once RabbitMQ has confirmed it."""
         assert self._channel is not None, "start() first"
-        message = aio_pika.Message(json.dumps(job).encode(), content_type="application/json",
-                                   delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
+        message = aio_pika.Message(
+            json.dumps(job).encode(),
+            content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        )
         await publish_confirmed(self._channel.default_exchange, message, self.settings.jobs_queue)
 
     async def consume(self, handler: Handler, concurrency: int) -> None:

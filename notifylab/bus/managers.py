@@ -16,12 +16,14 @@ duplicate-free. Workers use the same managers write-only, to publish.
 Every manager here has ``start_publisher()``, ``start_listener()`` and
 ``close()`` besides python-socketio's interface (see ``make_manager``).
 """
+
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
-from typing import Any, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import aio_pika
 import socketio
@@ -53,7 +55,7 @@ def routing_key(message: dict) -> str:
     everything every instance must see (emits to a socket id, disconnects)."""
     room = message.get("room")
     if message.get("method") == "emit" and isinstance(room, str) and room.startswith("user:"):
-        return "user." + room[len("user:"):]
+        return "user." + room[len("user:") :]
     return "control." + str(message.get("method"))
 
 
@@ -113,7 +115,9 @@ class _TopicTransport(AsyncPubSubManager):
         self._inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
         self.on_reconnect = []  # coroutines run after the listener reconnects
 
-    async def _exchange(self, connection: aio_pika.abc.AbstractRobustConnection) -> aio_pika.abc.AbstractExchange:
+    async def _exchange(
+        self, connection: aio_pika.abc.AbstractRobustConnection
+    ) -> aio_pika.abc.AbstractExchange:
         channel = await connection.channel()  # publisher confirms are on by default
         return await channel.declare_exchange(self.channel, aio_pika.ExchangeType.TOPIC, durable=True)
 
@@ -127,8 +131,9 @@ class _TopicTransport(AsyncPubSubManager):
     async def _publish(self, data: dict) -> None:
         await self.start_publisher()
         assert self._publish_exchange is not None
-        await publish_confirmed(self._publish_exchange, aio_pika.Message(json.dumps(data).encode()),
-                                routing_key(data))
+        await publish_confirmed(
+            self._publish_exchange, aio_pika.Message(json.dumps(data).encode()), routing_key(data)
+        )
 
     async def start_listener(self) -> None:
         """Declare this instance's queue and start consuming it. Called at
@@ -137,7 +142,8 @@ class _TopicTransport(AsyncPubSubManager):
         channel = await self._listener.channel()
         await channel.set_qos(prefetch_count=LISTEN_PREFETCH)
         self._listen_exchange = await channel.declare_exchange(
-            self.channel, aio_pika.ExchangeType.TOPIC, durable=True)
+            self.channel, aio_pika.ExchangeType.TOPIC, durable=True
+        )
         name = self.settings.instance_queue()
         # A previous run of this instance id may have left its queue (and its
         # users' bindings) behind: start clean.
@@ -194,8 +200,9 @@ class FanoutManager(DeliveryHook, socketio.AsyncAioPikaManager):
     event), kept as the comparison mode ``NOTIFYLAB_ROUTING=fanout``."""
 
     def __init__(self, settings: Settings, write_only: bool = False, logger: Any = None):
-        super().__init__(url=settings.broker_url, channel=settings.fanout_exchange,
-                         write_only=write_only, logger=logger)
+        super().__init__(
+            url=settings.broker_url, channel=settings.fanout_exchange, write_only=write_only, logger=logger
+        )
         self.settings = settings
         self.on_reconnect = []
 

@@ -8,6 +8,7 @@ show what Redis and RabbitMQ hold, as ``tables``. Nothing here imports the
 server or the store, so ``pip install notifylab[lab]`` is enough in a kernel
 that talks to a cluster running elsewhere.
 """
+
 from .client import Client, ClientError
 from .cluster import PASSWORD, Cluster
 from .processes import Lab, LabProcess, free_port
@@ -16,5 +17,18 @@ from .redis_view import RedisView
 from .tables import Table, wait_until
 from .verdict import Verdict, verdict
 
-__all__ = ["PASSWORD", "Client", "ClientError", "Cluster", "Lab", "LabProcess", "RabbitView", "RedisView",
-           "Table", "Verdict", "free_port", "verdict", "wait_until"]
+__all__ = [
+    "PASSWORD",
+    "Client",
+    "ClientError",
+    "Cluster",
+    "Lab",
+    "LabProcess",
+    "RabbitView",
+    "RedisView",
+    "Table",
+    "Verdict",
+    "free_port",
+    "verdict",
+    "wait_until",
+]

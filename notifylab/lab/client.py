@@ -13,10 +13,12 @@ It keeps the newest notification id it has seen and sends it on every
 it already has (counting them in ``duplicates``), so what it shows is each
 notification once, in order.
 """
+
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import aiohttp
 import socketio
@@ -38,8 +40,12 @@ class Client:
         self.url = url.rstrip("/")
         # unsafe=True: accept cookies from an IP address such as 127.0.0.1.
         self.http = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
-        self.sio = socketio.AsyncClient(reconnection=reconnect, reconnection_delay=0.2,
-                                        reconnection_delay_max=1.0, randomization_factor=0.2)
+        self.sio = socketio.AsyncClient(
+            reconnection=reconnect,
+            reconnection_delay=0.2,
+            reconnection_delay_max=1.0,
+            randomization_factor=0.2,
+        )
         self.token: str | None = None
         self.user: str | None = None
         self.notifications: list[Notification] = []  # each once, in the order received
@@ -148,7 +154,9 @@ class Client:
             self.out_of_order += 1
         self._seen.add(note["id"])
         self.notifications.append(note)
-        self.last_id = note["id"] if self.last_id is None or id_after(note["id"], self.last_id) else self.last_id
+        self.last_id = (
+            note["id"] if self.last_id is None or id_after(note["id"], self.last_id) else self.last_id
+        )
         if self.unread is not None and id_after(note["id"], self._unread_counted_to):
             self.unread += 1
         op = self.operations.setdefault(note["operation"], {"id": note["operation"]})
@@ -215,8 +223,10 @@ class Client:
 
     async def wait_operation(self, op_id: str, timeout: float = 30) -> dict:
         """Wait for the operation to end; returns its final notification."""
-        await self.wait_for(lambda: any(n["operation"] == op_id and n["type"] in TERMINAL_TYPES
-                                        for n in self.notifications), timeout)
+        await self.wait_for(
+            lambda: any(n["operation"] == op_id and n["type"] in TERMINAL_TYPES for n in self.notifications),
+            timeout,
+        )
         return next(n for n in reversed(self.notifications) if n["operation"] == op_id)
 
     def of_operation(self, op_id: str) -> list[dict]:
@@ -227,7 +237,7 @@ class Client:
         await self.sio.shutdown()
         await self.http.close()
 
-    async def __aenter__(self) -> "Client":
+    async def __aenter__(self) -> Client:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -17,6 +17,7 @@ the same.
 Whatever a cluster started is stopped by :meth:`close`, and at the latest
 when the kernel exits (see ``processes.py``).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -60,15 +61,14 @@ class Cluster:
     # -- making one ---------------------------------------------------------
 
     @classmethod
-    async def start(cls, name: str = "lesson", servers: int = 2, workers: int = 1,
-                    **env: str) -> "Cluster":
+    async def start(cls, name: str = "lesson", servers: int = 2, workers: int = 1, **env: str) -> Cluster:
         """A private cluster on free ports under a fresh prefix ``<name>-<random>``.
         ``env`` adds settings by variable name, e.g. ``NOTIFYLAB_ROUTING="fanout"``."""
         slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "lesson"
         prefix = f"{slug}-{secrets.token_hex(3)}"
         cluster = cls(prefix, _lab(prefix, env), owns_prefix=True)
         try:
-            for i in range(servers):
+            for _ in range(servers):
                 await cluster.add_server()
             for _ in range(workers):
                 await cluster.add_worker()
@@ -78,7 +78,7 @@ class Cluster:
         return cluster
 
     @classmethod
-    async def kit(cls, servers: int = 2, workers: int = 1) -> "Cluster":
+    async def kit(cls, servers: int = 2, workers: int = 1) -> Cluster:
         """The kit's cluster: join its running instances, start what is missing."""
         if os.environ.get(KIT_ISOLATE, "") not in ("", "0"):
             return await cls.start("kit", servers, workers)
@@ -91,8 +91,10 @@ class Cluster:
             if health.get("ok") and health.get("prefix") == prefix:
                 cluster.urls.append(url)  # already running (make up's): join it
             elif health:
-                raise RuntimeError(f"port {port} answers, but not as a notifylab instance of prefix "
-                                   f"{prefix!r} ({health}); stop it or set {KIT_PORTS}")
+                raise RuntimeError(
+                    f"port {port} answers, but not as a notifylab instance of prefix "
+                    f"{prefix!r} ({health}); stop it or set {KIT_PORTS}"
+                )
             else:
                 await cluster.add_server(port, INSTANCE_NAMES[i])
         for _ in range(workers - await cluster.job_consumers()):
@@ -141,8 +143,15 @@ class Cluster:
         rows = []
         for proc in self.lab.processes:
             health = await proc.health()
-            rows.append({"name": proc.name, "running": proc.running, "pid": proc.pid,
-                         "url": proc.url or "", "ready": bool(health.get("ok"))})
+            rows.append(
+                {
+                    "name": proc.name,
+                    "running": proc.running,
+                    "pid": proc.pid,
+                    "url": proc.url or "",
+                    "ready": bool(health.get("ok")),
+                }
+            )
         return rows
 
     async def job_consumers(self) -> int:
@@ -160,8 +169,9 @@ class Cluster:
 
     # -- sessions -----------------------------------------------------------
 
-    async def client(self, user: str, instance: int = 0, connect: bool = True,
-                     password: str = PASSWORD) -> Client:
+    async def client(
+        self, user: str, instance: int = 0, connect: bool = True, password: str = PASSWORD
+    ) -> Client:
         """A live session of ``user`` (registered on first use) on the
         ``instance``-th URL; closed by :meth:`close`."""
         client = Client(self.urls[instance])
@@ -194,7 +204,7 @@ class Cluster:
         if self.owns_prefix:
             await _remove_prefix(self.settings, [p.name.removeprefix("server-") for p in self.servers])
 
-    async def __aenter__(self) -> "Cluster":
+    async def __aenter__(self) -> Cluster:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -9,6 +9,7 @@ running when the Python process exits (a notebook's kernel shut down or
 restarted, a test run interrupted) is stopped then: none is left orphaned,
 holding a port that the next run needs.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -18,8 +19,8 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import aiohttp
 
@@ -67,8 +68,14 @@ def free_port() -> int:
 class LabProcess:
     """One notifylab subprocess (``serve`` or ``worker``)."""
 
-    def __init__(self, name: str, args: list[str], env: Mapping[str, str], log_path: Path | None,
-                 url: str | None = None):
+    def __init__(
+        self,
+        name: str,
+        args: list[str],
+        env: Mapping[str, str],
+        log_path: Path | None,
+        url: str | None = None,
+    ):
         self.name, self.args, self.env, self.log_path, self.url = name, args, dict(env), log_path, url
         self.process: asyncio.subprocess.Process | None = None
 
@@ -84,13 +91,20 @@ class LabProcess:
     def pid(self) -> int | None:
         return self.process.pid if self.process else None
 
-    async def start(self) -> "LabProcess":
-        out = open(self.log_path, "ab") if self.log_path else None
+    async def start(self) -> LabProcess:
+        # A quick local open, as the log file must exist before the child starts.
+        out = open(self.log_path, "ab") if self.log_path else None  # noqa: ASYNC230
         try:
             self.process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "notifylab", *self.args, env=self.env,
-                stdout=out, stderr=asyncio.subprocess.STDOUT if out else None,
-                start_new_session=True)  # its own process group: see _stop_leftovers
+                sys.executable,
+                "-m",
+                "notifylab",
+                *self.args,
+                env=self.env,
+                stdout=out,
+                stderr=asyncio.subprocess.STDOUT if out else None,
+                start_new_session=True,
+            )  # its own process group: see _stop_leftovers
         finally:
             if out:
                 out.close()
@@ -106,7 +120,9 @@ class LabProcess:
                 async with asyncio.timeout(timeout):
                     while True:
                         if not self.running:
-                            raise RuntimeError(f"{self.name} exited ({self.process.returncode}):\n{self.log_tail()}")
+                            raise RuntimeError(
+                                f"{self.name} exited ({self.process.returncode}):\n{self.log_tail()}"
+                            )
                         try:
                             async with http.get(f"{self.url}/readyz") as response:
                                 if response.status == 200:
@@ -115,7 +131,9 @@ class LabProcess:
                             pass
                         await asyncio.sleep(0.1)
             except TimeoutError:
-                raise RuntimeError(f"{self.name} was not ready in {timeout:.0f} s:\n{self.log_tail()}") from None
+                raise RuntimeError(
+                    f"{self.name} was not ready in {timeout:.0f} s:\n{self.log_tail()}"
+                ) from None
 
     def log_tail(self, lines: int = 20) -> str:
         if not self.log_path or not self.log_path.exists():
@@ -168,13 +186,18 @@ class Lab:
     def _log(self, name: str) -> Path | None:
         return self.log_dir / f"{name}.log" if self.log_dir else None
 
-    async def start_server(self, port: int | None = None, instance_id: str | None = None,
-                           host: str = "127.0.0.1") -> LabProcess:
+    async def start_server(
+        self, port: int | None = None, instance_id: str | None = None, host: str = "127.0.0.1"
+    ) -> LabProcess:
         port = port or free_port()
         instance_id = instance_id or f"i{port}"
-        proc = LabProcess(f"server-{instance_id}", ["serve", "--host", host, "--port", str(port),
-                                                    "--instance-id", instance_id],
-                          self.env, self._log(f"server-{instance_id}"), url=f"http://{host}:{port}")
+        proc = LabProcess(
+            f"server-{instance_id}",
+            ["serve", "--host", host, "--port", str(port), "--instance-id", instance_id],
+            self.env,
+            self._log(f"server-{instance_id}"),
+            url=f"http://{host}:{port}",
+        )
         self.processes.append(proc)
         return await proc.start()
 
@@ -192,7 +215,7 @@ class Lab:
     async def stop_all(self) -> None:
         await asyncio.gather(*(p.stop() for p in self.processes))
 
-    async def __aenter__(self) -> "Lab":
+    async def __aenter__(self) -> Lab:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

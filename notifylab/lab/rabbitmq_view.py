@@ -19,6 +19,7 @@ an exact count now, :meth:`RabbitView.exact_count` asks the queue itself over
 AMQP. Everything that settles "eventually" is awaited with
 :meth:`RabbitView.wait_until`, which always gives up in the end.
 """
+
 from __future__ import annotations
 
 import base64
@@ -42,9 +43,15 @@ class ManagementUnavailable(ConnectionError):
 class RabbitView:
     """The RabbitMQ side of one notifylab deployment (names under ``prefix``)."""
 
-    def __init__(self, prefix: str = "notifylab", api_url: str = "http://127.0.0.1:15672",
-                 user: str = "guest", password: str = "guest", vhost: str = "/",
-                 broker_url: str | None = None):
+    def __init__(
+        self,
+        prefix: str = "notifylab",
+        api_url: str = "http://127.0.0.1:15672",
+        user: str = "guest",
+        password: str = "guest",
+        vhost: str = "/",
+        broker_url: str | None = None,
+    ):
         self.api_url = api_url.rstrip("/")
         self.vhost = vhost
         # HTTP basic auth, built by hand: aiohttp.BasicAuth is deprecated in 3.14,
@@ -65,20 +72,23 @@ class RabbitView:
 
     async def _get(self, what: str) -> Any:
         if self._http is None:  # made here, inside the running loop
-            self._http = aiohttp.ClientSession(headers=self._headers,
-                                               timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT))
+            self._http = aiohttp.ClientSession(
+                headers=self._headers, timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)
+            )
         url = f"{self.api_url}/api/{what}/{quote(self.vhost, safe='')}"
         try:
             async with self._http.get(url) as response:
                 if response.status == 401:
-                    raise ManagementUnavailable(f"the RabbitMQ management API at {self.api_url} "
-                                                "refused the user and password (401)")
+                    raise ManagementUnavailable(
+                        f"the RabbitMQ management API at {self.api_url} refused the user and password (401)"
+                    )
                 response.raise_for_status()
                 return await response.json()
         except (aiohttp.ClientConnectionError, TimeoutError) as exc:
             raise ManagementUnavailable(
                 f"cannot reach the RabbitMQ management API at {self.api_url} ({type(exc).__name__}); "
-                "enable it with `rabbitmq-plugins enable rabbitmq_management`") from None
+                "enable it with `rabbitmq-plugins enable rabbitmq_management`"
+            ) from None
 
     def _mine(self, name: str) -> bool:
         return name.startswith(self.names.prefix + ".")
@@ -89,10 +99,14 @@ class RabbitView:
 
     async def exchanges(self) -> Table:
         """The prefix's exchanges: name, type (topic, fanout...) and durable."""
-        rows = [{"name": e["name"], "type": e["type"], "durable": e["durable"]}
-                for e in await self._get("exchanges") if self._mine(e["name"])]
-        return self._remember("exchanges()", Table(sorted(rows, key=lambda r: r["name"]),
-                                                  ["name", "type", "durable"]))
+        rows = [
+            {"name": e["name"], "type": e["type"], "durable": e["durable"]}
+            for e in await self._get("exchanges")
+            if self._mine(e["name"])
+        ]
+        return self._remember(
+            "exchanges()", Table(sorted(rows, key=lambda r: r["name"]), ["name", "type", "durable"])
+        )
 
     async def queues(self) -> Table:
         """The prefix's queues: messages ready and unacked, consumers, and the
@@ -105,10 +119,16 @@ class RabbitView:
             if not self._mine(q["name"]):
                 continue
             stats = q.get("message_stats", {})
-            rows.append({"name": q["name"], "ready": q.get("messages_ready"),
-                         "unacked": q.get("messages_unacknowledged"), "consumers": q.get("consumers"),
-                         "publish_rate": stats.get("publish_details", {}).get("rate"),
-                         "deliver_rate": stats.get("deliver_get_details", {}).get("rate")})
+            rows.append(
+                {
+                    "name": q["name"],
+                    "ready": q.get("messages_ready"),
+                    "unacked": q.get("messages_unacknowledged"),
+                    "consumers": q.get("consumers"),
+                    "publish_rate": stats.get("publish_details", {}).get("rate"),
+                    "deliver_rate": stats.get("deliver_get_details", {}).get("rate"),
+                }
+            )
         columns = ["name", "ready", "unacked", "consumers", "publish_rate", "deliver_rate"]
         return self._remember("queues()", Table(sorted(rows, key=lambda r: r["name"]), columns))
 
@@ -118,17 +138,27 @@ class RabbitView:
         queue is an instance's ``<prefix>.instance.<id>``."""
         # "<prefix>.instance.", from config's own naming (instance_queue("") would mean "mine").
         instance_prefix = self.names.instance_queue("*").removesuffix("*")
-        rows = [{"source": b["source"], "destination": b["destination"], "routing_key": b["routing_key"],
-                 "instance": b["destination"].removeprefix(instance_prefix)
-                 if b["destination"].startswith(instance_prefix) else ""}
-                for b in await self._get("bindings")
-                # Source "" is the default exchange, which binds every queue by
-                # its own name: true of all queues, so it only adds noise.
-                if b["source"] and b["destination_type"] == "queue"
-                and (b["destination"] == queue if queue else self._mine(b["destination"]))]
+        rows = [
+            {
+                "source": b["source"],
+                "destination": b["destination"],
+                "routing_key": b["routing_key"],
+                "instance": b["destination"].removeprefix(instance_prefix)
+                if b["destination"].startswith(instance_prefix)
+                else "",
+            }
+            for b in await self._get("bindings")
+            # Source "" is the default exchange, which binds every queue by
+            # its own name: true of all queues, so it only adds noise.
+            if b["source"]
+            and b["destination_type"] == "queue"
+            and (b["destination"] == queue if queue else self._mine(b["destination"]))
+        ]
         rows.sort(key=lambda r: (r["destination"], r["source"], r["routing_key"]))
-        return self._remember(f"bindings({queue!r})" if queue else "bindings()",
-                              Table(rows, ["source", "destination", "routing_key", "instance"]))
+        return self._remember(
+            f"bindings({queue!r})" if queue else "bindings()",
+            Table(rows, ["source", "destination", "routing_key", "instance"]),
+        )
 
     async def instance_bindings(self) -> dict[str, list[str]]:
         """Instance id -> the sorted user routing keys (``user.ann``...) its
@@ -166,8 +196,9 @@ class RabbitView:
         except ChannelNotFoundEntity:
             raise LookupError(f"RabbitMQ has no queue {queue!r}") from None
         except (AMQPConnectionError, OSError, TimeoutError) as exc:
-            raise ManagementUnavailable(f"cannot reach RabbitMQ at {redact(self.names.broker_url)} "
-                                        f"({type(exc).__name__})") from None
+            raise ManagementUnavailable(
+                f"cannot reach RabbitMQ at {redact(self.names.broker_url)} ({type(exc).__name__})"
+            ) from None
         return self._remember(f"exact_count({queue!r})", answer)
 
     # -- waiting and closing --------------------------------------------------
@@ -193,7 +224,7 @@ class RabbitView:
             await self._amqp.close()
             self._amqp = None
 
-    async def __aenter__(self) -> "RabbitView":
+    async def __aenter__(self) -> RabbitView:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -11,13 +11,15 @@ settles *eventually* (a binding is made a moment after a socket connects, the
 management API's statistics trail by seconds), so a cell polls, but never for
 ever: a cell stuck in ``await`` cannot be interrupted in Jupyter.
 """
+
 from __future__ import annotations
 
 import asyncio
 import html
 import inspect
 import math
-from typing import Any, Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
 Check = Callable[[], Any | Awaitable[Any]]  # a predicate, plain or async
 
@@ -29,8 +31,9 @@ class Table(list[dict[str, Any]]):
         super().__init__(rows)
         # Columns come from the caller (a fixed order, even with no rows) or
         # else from the rows, in the order they first appear.
-        self.columns: list[str] = list(columns) if columns is not None \
-            else list(dict.fromkeys(k for row in self for k in row))
+        self.columns: list[str] = (
+            list(columns) if columns is not None else list(dict.fromkeys(k for row in self for k in row))
+        )
 
     def _cells(self) -> list[list[str]]:
         return [["" if row.get(c) is None else str(row.get(c)) for c in self.columns] for row in self]
@@ -38,7 +41,9 @@ class Table(list[dict[str, Any]]):
     def __repr__(self) -> str:
         cells = [list(self.columns), *self._cells()]
         widths = [max(len(line[i]) for line in cells) for i in range(len(self.columns))]
-        lines = ["  ".join(text.ljust(w) for text, w in zip(line, widths)).rstrip() for line in cells]
+        lines = [
+            "  ".join(text.ljust(w) for text, w in zip(line, widths, strict=True)).rstrip() for line in cells
+        ]
         lines.insert(1, "  ".join("-" * w for w in widths))
         return "\n".join(lines) + f"\n({len(self)} row{'' if len(self) == 1 else 's'})"
 
@@ -63,8 +68,9 @@ def _short(value: object, limit: int = 400) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-async def wait_until(check: Check, timeout: float = 10.0, interval: float = 0.2,
-                     seen: Callable[[], str] | None = None) -> Any:
+async def wait_until(
+    check: Check, timeout: float = 10.0, interval: float = 0.2, seen: Callable[[], str] | None = None
+) -> Any:
     """Call ``check`` (sync or async) every ``interval`` seconds until it returns
     something true, and return that. After ``timeout`` seconds (even if a call
     of ``check`` itself hangs), raise TimeoutError saying what ``check`` last
@@ -87,6 +93,7 @@ async def wait_until(check: Check, timeout: float = 10.0, interval: float = 0.2,
         if not deadline.expired():  # check itself timed out on something: not ours to rename
             raise
         extra = seen() if seen is not None else ""
-        raise TimeoutError(f"still not true after {timeout:g} s; the check last returned {_short(last)}"
-                           + (f"; last seen: {extra}" if extra else "")) from None
-
+        raise TimeoutError(
+            f"still not true after {timeout:g} s; the check last returned {_short(last)}"
+            + (f"; last seen: {extra}" if extra else "")
+        ) from None

@@ -7,8 +7,10 @@ sent). A session must have every notification after its baseline (its cursor
 when it first connected), each once, in stream order. Like Maelstrom's
 checkers, it judges from the outside: it trusts no counter of the server.
 """
+
 from __future__ import annotations
 
+import itertools
 import statistics
 from dataclasses import asdict, dataclass
 
@@ -46,14 +48,18 @@ class Verdict(list[SessionVerdict]):
         bad = [v for v in self if not v.clean]
         assert not bad, "delivery broke: " + "; ".join(
             f"{v.session}: {v.lost} lost, {v.duplicated} duplicated, {v.out_of_order} out of order"
-            for v in bad)
+            for v in bad
+        )
 
     def rows(self) -> list[dict]:
         return [asdict(v) for v in self]
 
     def __repr__(self) -> str:  # counts only: the same every run (latencies are in the HTML)
-        lines = [f"{v.session}: {v.received}/{v.expected} received, {v.lost} lost, "
-                 f"{v.duplicated} duplicated, {v.out_of_order} out of order" for v in self]
+        lines = [
+            f"{v.session}: {v.received}/{v.expected} received, {v.lost} lost, "
+            f"{v.duplicated} duplicated, {v.out_of_order} out of order"
+            for v in self
+        ]
         return "\n".join(lines) or "(no sessions)"
 
     def _repr_html_(self) -> str:
@@ -61,8 +67,9 @@ class Verdict(list[SessionVerdict]):
             return "" if value is None else f"{value:.1f}" if isinstance(value, float) else str(value)
 
         header = "".join(f"<th>{name}</th>" for name in SessionVerdict.__dataclass_fields__)
-        body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row.values()) + "</tr>"
-                       for row in self.rows())
+        body = "".join(
+            "<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row.values()) + "</tr>" for row in self.rows()
+        )
         mark = "&#10004; nothing lost, duplicated or reordered" if self.clean else "&#10008; delivery broke"
         return f"<p>{mark}</p><table><tr>{header}</tr>{body}</table>"
 
@@ -82,8 +89,9 @@ async def _judge(client: Client, timeout: float) -> SessionVerdict:
     if expected:  # let the session catch up with the newest, bounded
         newest = expected[-1]
         try:
-            await client.wait_for(lambda: client.last_id is not None and not id_after(newest, client.last_id),
-                                  timeout)
+            await client.wait_for(
+                lambda: client.last_id is not None and not id_after(newest, client.last_id), timeout
+            )
         except TimeoutError:
             pass  # judged as it is: what is missing is lost
     got = [n for n in client.notifications if id_after(n["id"], baseline)]
@@ -91,11 +99,14 @@ async def _judge(client: Client, timeout: float) -> SessionVerdict:
     latencies = sorted(n["received"] - n["ts"] for n in got if "published" in n and "received" in n)
     return SessionVerdict(
         session=f"{client.user}@{client.instance}",
-        expected=len(expected), received=len(got),
+        expected=len(expected),
+        received=len(got),
         lost=len(set(expected) - set(got_ids)),
         duplicated=client.duplicates + len(got_ids) - len(set(got_ids)),
-        out_of_order=sum(1 for a, b in zip(got_ids, got_ids[1:]) if not id_after(b, a)),
-        p50_ms=_percentile(latencies, 50), p99_ms=_percentile(latencies, 99))
+        out_of_order=sum(1 for a, b in itertools.pairwise(got_ids) if not id_after(b, a)),
+        p50_ms=_percentile(latencies, 50),
+        p99_ms=_percentile(latencies, 99),
+    )
 
 
 async def _stream_after(client: Client, after: str) -> list[str]:

@@ -6,11 +6,12 @@ server attached, the REST routes (``http.py``) and the Socket.IO handlers
 the client manager to the feed, and starts reading the bus before the first
 socket arrives; at exit it closes every socket first, then its connections.
 """
+
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 import socketio
 from aiohttp import web
@@ -46,8 +47,10 @@ async def _lifetime(app: web.Application) -> AsyncIterator[None]:
 
             worker = Worker(settings, services.redis, services.jobs, manager, worker_id="embedded")
             await worker.start()
-            log.warning("embedded mode (memory://): ONE process holds the bus, the store and a worker; "
-                        "it cannot be scaled to several instances and keeps nothing after exit")
+            log.warning(
+                "embedded mode (memory://): ONE process holds the bus, the store and a worker; "
+                "it cannot be scaled to several instances and keeps nothing after exit"
+            )
         background.append(asyncio.create_task(_heartbeat(services)))
         yield
     finally:
@@ -83,8 +86,13 @@ async def _heartbeat(services: Services) -> None:
 
 def create_app(settings: Settings) -> web.Application:
     """The aiohttp application of one server instance."""
-    sio = socketio.AsyncServer(async_mode="aiohttp", client_manager=make_manager(settings),
-                               max_http_buffer_size=MAX_BODY, logger=False, engineio_logger=False)
+    sio = socketio.AsyncServer(
+        async_mode="aiohttp",
+        client_manager=make_manager(settings),
+        max_http_buffer_size=MAX_BODY,
+        logger=False,
+        engineio_logger=False,
+    )
     app = web.Application(client_max_size=MAX_BODY, middlewares=[http.errors_middleware])
     services = Services(settings, sio)
     app[http.SERVICES] = services

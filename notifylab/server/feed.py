@@ -17,13 +17,14 @@ socket was away. Three facts make that work:
    workers publishing out of order) and the feed reads the gap from the
    stream before going on.
 """
+
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
 from collections import defaultdict
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import socketio
 
@@ -52,8 +53,13 @@ class Feed:
     def users(self) -> list[str]:
         return list(self.members)
 
-    async def attach(self, sid: str, user: str, last_id: str | None,
-                     before_replay: Callable[[str], Awaitable[None]] | None = None) -> int:
+    async def attach(
+        self,
+        sid: str,
+        user: str,
+        last_id: str | None,
+        before_replay: Callable[[str], Awaitable[None]] | None = None,
+    ) -> int:
         """Put socket ``sid`` in its user's room, first replaying what it
         missed after ``last_id`` (None: nothing to replay). ``before_replay``
         is awaited with the cursor before any notification is sent.

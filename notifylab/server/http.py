@@ -1,11 +1,13 @@
 """The REST API (JSON under ``/api/``), health checks, metrics and the web client."""
+
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -74,15 +76,25 @@ async def current_session(request: web.Request) -> Session:
 
 def _with_cookie(response: web.Response, request: web.Request, token: str) -> web.Response:
     settings = services(request).settings
-    response.set_cookie(COOKIE, token, httponly=True, samesite="Lax", path="/",
-                        secure=settings.cookie_secure, max_age=settings.session_ttl)
+    response.set_cookie(
+        COOKIE,
+        token,
+        httponly=True,
+        samesite="Lax",
+        path="/",
+        secure=settings.cookie_secure,
+        max_age=settings.session_ttl,
+    )
     return response
 
 
 async def _login_response(request: web.Request, user: str, status: int) -> web.Response:
     token, session = await services(request).sessions.create(user, device_of(request))
-    return _with_cookie(web.json_response({"user": {"username": user}, "session": session.as_dict()},
-                                          status=status), request, token)
+    return _with_cookie(
+        web.json_response({"user": {"username": user}, "session": session.as_dict()}, status=status),
+        request,
+        token,
+    )
 
 
 async def register(request: web.Request) -> web.Response:
@@ -118,8 +130,13 @@ async def logout_all(request: web.Request) -> web.Response:
 
 async def me(request: web.Request) -> web.Response:
     session = await current_session(request)
-    return web.json_response({"user": {"username": session.user}, "session": session.as_dict(),
-                              "instance": services(request).instance})
+    return web.json_response(
+        {
+            "user": {"username": session.user},
+            "session": session.as_dict(),
+            "instance": services(request).instance,
+        }
+    )
 
 
 async def list_sessions(request: web.Request) -> web.Response:
@@ -165,8 +182,7 @@ async def get_operation(request: web.Request) -> web.Response:
 
 async def cancel_operation(request: web.Request) -> web.Response:
     session = await current_session(request)
-    op = await services(request).cancel_operation(session.user, request.match_info["id"],
-                                                  device_of(request))
+    op = await services(request).cancel_operation(session.user, request.match_info["id"], device_of(request))
     return web.json_response({"operation": op.as_dict()}, status=202)
 
 
@@ -182,10 +198,16 @@ async def get_inbox(request: web.Request) -> web.Response:
     after = request.query.get("after")
     if after is not None and not is_id(after):
         raise BadRequest("after must be a notification id like '1732512345678-0'", "after")
-    notes = await (inbox.after(session.user, after, limit=limit) if after else
-                   inbox.latest(session.user, limit))
-    return web.json_response({"notifications": notes, "unread": await inbox.unread(session.user),
-                              "last_id": await inbox.last_id(session.user)})
+    notes = await (
+        inbox.after(session.user, after, limit=limit) if after else inbox.latest(session.user, limit)
+    )
+    return web.json_response(
+        {
+            "notifications": notes,
+            "unread": await inbox.unread(session.user),
+            "last_id": await inbox.last_id(session.user),
+        }
+    )
 
 
 async def mark_read(request: web.Request) -> web.Response:
@@ -211,7 +233,9 @@ async def readyz(request: web.Request) -> web.Response:
         checks["redis"] = f"unreachable: {exc}"
     checks["broker"] = "ok" if srv.jobs.connected else "unreachable"
     ok = all(v == "ok" for v in checks.values())
-    return web.json_response({"ok": ok, "instance": srv.instance, "checks": checks}, status=200 if ok else 503)
+    return web.json_response(
+        {"ok": ok, "instance": srv.instance, "checks": checks}, status=200 if ok else 503
+    )
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -235,8 +259,10 @@ async def web_client(request: web.Request) -> web.StreamResponse:
     path = await asyncio.to_thread(_client_file, dist, name)
     if path is None:
         if name == "index.html":
-            return web.Response(text="<h1>notifylab</h1><p>The web client is not built: run "
-                                     "<code>make build</code>.</p>", content_type="text/html")
+            return web.Response(
+                text="<h1>notifylab</h1><p>The web client is not built: run <code>make build</code>.</p>",
+                content_type="text/html",
+            )
         raise web.HTTPNotFound()
     return web.FileResponse(path)
 

@@ -1,8 +1,15 @@
 """Prometheus metrics of one server instance, served at ``/metrics``."""
+
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client import CONTENT_TYPE_LATEST  # noqa: F401  (re-exported for the server)
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,  # noqa: F401  (re-exported for the server)
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
 
 class Metrics:
@@ -12,22 +19,39 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.sockets = Gauge("notifylab_sockets_connected", "Socket.IO connections open on this instance", registry=r)
-        self.delivered = Counter("notifylab_notifications_delivered",
-                                 "Notifications emitted to sockets (one per socket)", registry=r)
-        self.replayed = Counter("notifylab_notifications_replayed",
-                                "Notifications replayed from the inbox stream on (re)connect", registry=r)
-        self.gaps = Counter("notifylab_gaps_filled", "Times a missing notification was read from the stream", registry=r)
-        self.duplicates = Counter("notifylab_duplicates_dropped",
-                                  "Notifications received again and not re-emitted", registry=r)
-        self.bus_received = Counter("notifylab_bus_messages_received",
-                                    "Messages this instance's queue delivered to it", registry=r)
-        self.not_local = Counter("notifylab_bus_messages_not_local",
-                                 "Notifications received for users with no socket here", registry=r)
-        self.latency = Histogram("notifylab_delivery_latency_seconds",
-                                 "From a notification's creation to its emit on this instance",
-                                 buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
-                                 registry=r)
+        self.sockets = Gauge(
+            "notifylab_sockets_connected", "Socket.IO connections open on this instance", registry=r
+        )
+        self.delivered = Counter(
+            "notifylab_notifications_delivered",
+            "Notifications emitted to sockets (one per socket)",
+            registry=r,
+        )
+        self.replayed = Counter(
+            "notifylab_notifications_replayed",
+            "Notifications replayed from the inbox stream on (re)connect",
+            registry=r,
+        )
+        self.gaps = Counter(
+            "notifylab_gaps_filled", "Times a missing notification was read from the stream", registry=r
+        )
+        self.duplicates = Counter(
+            "notifylab_duplicates_dropped", "Notifications received again and not re-emitted", registry=r
+        )
+        self.bus_received = Counter(
+            "notifylab_bus_messages_received", "Messages this instance's queue delivered to it", registry=r
+        )
+        self.not_local = Counter(
+            "notifylab_bus_messages_not_local",
+            "Notifications received for users with no socket here",
+            registry=r,
+        )
+        self.latency = Histogram(
+            "notifylab_delivery_latency_seconds",
+            "From a notification's creation to its emit on this instance",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

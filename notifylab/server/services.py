@@ -4,6 +4,7 @@ REST (``http.py``) and Socket.IO (``sockets.py``) are two doors to the same
 actions: both call :class:`Services`, and neither imports the other. This
 module imports neither of them: it is the leaf they share.
 """
+
 from __future__ import annotations
 
 import logging
@@ -86,8 +87,9 @@ class Services:
             await self.jobs.publish({"operation": op.id})
         except Exception as exc:  # the broker stayed away: say so, do not leave it "queued"
             log.error("could not queue operation %s: %s", op.id, exc)
-            op, note = await self.operations.transition(op.id, "operation.failed",
-                                                        error="could not be queued: the broker is unreachable")
+            op, note = await self.operations.transition(
+                op.id, "operation.failed", error="could not be queued: the broker is unreachable"
+            )
             await publish_notification(self.sio, note)
         return op
 
@@ -102,8 +104,9 @@ class Services:
         if op.state in TERMINAL:
             raise Conflict(f"the operation already {op.state}")
         try:
-            op, note = await self.operations.transition(op.id, "operation.cancelled",
-                                                        message=f"Cancelled from {device}")
+            op, note = await self.operations.transition(
+                op.id, "operation.cancelled", message=f"Cancelled from {device}"
+            )
         except TransitionRefused as exc:
             raise Conflict(str(exc)) from None
         await publish_notification(self.sio, note)
@@ -135,5 +138,7 @@ class Services:
     async def sessions_of(self, user: str) -> list[dict]:
         """The user's sessions, each with its live sockets and their instance."""
         live = set(await self.presence.instances())
-        return [{**s.as_dict(), "sockets": await self.presence.sockets(s.id, live)}
-                for s in await self.sessions.of_user(user)]
+        return [
+            {**s.as_dict(), "sockets": await self.presence.sockets(s.id, live)}
+            for s in await self.sessions.of_user(user)
+        ]

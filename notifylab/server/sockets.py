@@ -7,12 +7,14 @@ what it missed, then live notifications (``feed.py``). Every event a client
 sends is validated and acknowledged with ``{ok: true, ...}`` or
 ``{ok: false, error}``.
 """
+
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from http.cookies import CookieError, SimpleCookie
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import socketio
 
@@ -94,8 +96,9 @@ class SocketHandlers:
         task.add_done_callback(self._welcomes.discard)
         return None
 
-    async def _welcome(self, sid: str, user: str, session_id: str, last_id: str | None,
-                       transport: str) -> None:
+    async def _welcome(
+        self, sid: str, user: str, session_id: str, last_id: str | None, transport: str
+    ) -> None:
         """Send ``hello``, replay what the socket missed, then join it to its
         user's room (``Feed.attach``)."""
         services = self.services
@@ -103,15 +106,23 @@ class SocketHandlers:
         # anything emitted then would be dropped, so wait for that moment.
         try:
             async with asyncio.timeout(CONNECT_WAIT_SECONDS):
-                while not self.sio.manager.is_connected(sid, "/"):
+                while not self.sio.manager.is_connected(sid, "/"):  # noqa: ASYNC110 (python-socketio has no event for it)
                     await asyncio.sleep(0.005)
 
             async def hello(cursor: str) -> None:
-                await self.sio.emit("hello", {
-                    "instance": services.instance, "user": user, "session": session_id,
-                    "unread": await services.inbox.unread(user, upto=cursor), "last_id": cursor,
-                    "operations": [op.as_dict() for op in await services.operations.of_user(user)],
-                }, to=sid, ignore_queue=True)
+                await self.sio.emit(
+                    "hello",
+                    {
+                        "instance": services.instance,
+                        "user": user,
+                        "session": session_id,
+                        "unread": await services.inbox.unread(user, upto=cursor),
+                        "last_id": cursor,
+                        "operations": [op.as_dict() for op in await services.operations.of_user(user)],
+                    },
+                    to=sid,
+                    ignore_queue=True,
+                )
 
             await services.feed.attach(sid, user, last_id, before_replay=hello)
             if transport == "polling":
@@ -192,8 +203,10 @@ class SocketHandlers:
         after = data.get("after") or ZERO
         if not is_id(after):
             raise BadRequest("after must be a notification id", "after")
-        return {"notifications": await self.services.inbox.after(user, after),
-                "unread": await self.services.inbox.unread(user)}
+        return {
+            "notifications": await self.services.inbox.after(user, after),
+            "unread": await self.services.inbox.unread(user),
+        }
 
 
 def _reserved(event: str, sid: str) -> dict:

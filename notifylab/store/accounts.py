@@ -4,6 +4,7 @@ Passwords are hashed with Argon2id (argon2-cffi). Hashing is deliberately slow
 and CPU-bound, so it runs in a thread: the event loop keeps serving sockets
 while a login is checked.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -26,7 +27,9 @@ _hasher = PasswordHasher()
 # It is a constant, not hashed at import: hashing takes ~50 ms of CPU that
 # every process start (and every test) would pay. Its parameters are those
 # of PasswordHasher() today; a test checks they still match.
-_DUMMY_HASH = "$argon2id$v=19$m=65536,t=3,p=4$203P/xxlEsmceghPrWihZQ$qc9KNAMVa11roMfqmdhyVsT+pdtCPhpDLwrx/VNWbkE"
+_DUMMY_HASH = (
+    "$argon2id$v=19$m=65536,t=3,p=4$203P/xxlEsmceghPrWihZQ$qc9KNAMVa11roMfqmdhyVsT+pdtCPhpDLwrx/VNWbkE"
+)
 
 
 def check_credentials(username: object, password: object) -> tuple[str, str]:
@@ -62,8 +65,7 @@ class Accounts:
 
     async def authenticate(self, username: object, password: object) -> str:
         """Return the username if the password matches; else raise Unauthorized."""
-        if not isinstance(username, str) or not isinstance(password, str) \
-                or len(password) > PASSWORD_MAX:
+        if not isinstance(username, str) or not isinstance(password, str) or len(password) > PASSWORD_MAX:
             raise Unauthorized("wrong username or password")
         stored = await self.redis.hget(self._key(username), "password") if USERNAME.match(username) else None
         try:

@@ -7,6 +7,7 @@ carries ``prev``, the id that was last before it: an instance that receives a
 notification whose ``prev`` is not the last one it delivered knows it missed
 something, and reads the gap from the stream (see ``server/feed.py``).
 """
+
 from __future__ import annotations
 
 import json
@@ -39,14 +40,17 @@ class Inbox:
         """Add the append to a transaction ``pipe``; its last two results are
         [the previous newest entry] and the new id (see :meth:`appended`)."""
         pipe.xrevrange(self.key(user), count=1)
-        pipe.xadd(self.key(user), {"n": json.dumps(notification)},
-                  maxlen=self.settings.inbox_max, approximate=True)
+        pipe.xadd(
+            self.key(user), {"n": json.dumps(notification)}, maxlen=self.settings.inbox_max, approximate=True
+        )
 
     @staticmethod
     def appended(results: list, notification: dict[str, Any]) -> BusNotification:
         """The notification with the ``id`` and ``prev`` a transaction gave it."""
         previous, new_id = results[-2], results[-1]
-        return cast(BusNotification, {**notification, "id": new_id, "prev": previous[0][0] if previous else ZERO})
+        return cast(
+            BusNotification, {**notification, "id": new_id, "prev": previous[0][0] if previous else ZERO}
+        )
 
     async def append(self, user: str, notification: dict[str, Any]) -> BusNotification:
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -55,9 +59,13 @@ class Inbox:
 
     @staticmethod
     def _decode(entries: list) -> list[Notification]:
-        return [cast(Notification, {**json.loads(fields["n"]), "id": entry_id}) for entry_id, fields in entries]
+        return [
+            cast(Notification, {**json.loads(fields["n"]), "id": entry_id}) for entry_id, fields in entries
+        ]
 
-    async def after(self, user: str, after: str = ZERO, upto: str = "+", limit: int | None = None) -> list[Notification]:
+    async def after(
+        self, user: str, after: str = ZERO, upto: str = "+", limit: int | None = None
+    ) -> list[Notification]:
         """Notifications with ids after ``after`` (and up to ``upto``), oldest first."""
         entries = await self.redis.xrange(self.key(user), min=f"({after}", max=upto, count=limit)
         return self._decode(entries)
@@ -104,4 +112,3 @@ class Inbox:
                 except WatchError:
                     continue
         return mark, await self.unread(user)
-

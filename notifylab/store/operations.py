@@ -6,6 +6,7 @@ optimistic lock on the record: the server (queue, cancel) and the workers
 (start, progress, end) race on the same operation, and whoever moves it first
 wins; the loser sees a refused transition instead of writing over it.
 """
+
 from __future__ import annotations
 
 import json
@@ -62,7 +63,7 @@ class Operation:
         return {**asdict(self), "params": json.dumps(self.params)}
 
     @classmethod
-    def from_redis(cls, data: dict) -> "Operation":
+    def from_redis(cls, data: dict) -> Operation:
         ints = {"steps", "step", "attempts", "created", "updated"}
         values = {k: (int(v) if k in ints else v) for k, v in data.items() if k in cls.__dataclass_fields__}
         values["params"] = json.loads(data["params"])
@@ -103,8 +104,9 @@ class Operations:
 
     async def create(self, user: str, kind: str, params: dict) -> tuple[Operation, BusNotification]:
         """Record a new queued operation; returns it and its 'queued' notification."""
-        op = Operation(secrets.token_hex(8), user, kind, params, steps=params["steps"],
-                       message="Waiting for a worker")
+        op = Operation(
+            secrets.token_hex(8), user, kind, params, steps=params["steps"], message="Waiting for a worker"
+        )
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(self._key(op.id), mapping=op.to_redis())
             pipe.zadd(self._user_key(user), {op.id: op.created})
@@ -113,8 +115,9 @@ class Operations:
             results = await pipe.execute()
         return op, self.inbox.appended(results, note)
 
-    async def transition(self, op_id: str, type_: str, attempt: int | None = None,
-                         **changes) -> tuple[Operation, BusNotification]:
+    async def transition(
+        self, op_id: str, type_: str, attempt: int | None = None, **changes
+    ) -> tuple[Operation, BusNotification]:
         """Move the operation to the state ``type_`` implies, apply
         ``changes`` to its record and append the notification, atomically.
 
@@ -150,6 +153,15 @@ class Operations:
 
 
 def _notification(type_: str, op: Operation) -> dict:
-    return {"user": op.user, "type": type_, "operation": op.id, "kind": op.kind,
-            "state": op.state, "step": op.step, "steps": op.steps, "progress": op.progress,
-            "message": op.error or op.message, "ts": now_ms()}
+    return {
+        "user": op.user,
+        "type": type_,
+        "operation": op.id,
+        "kind": op.kind,
+        "state": op.state,
+        "step": op.step,
+        "steps": op.steps,
+        "progress": op.progress,
+        "message": op.error or op.message,
+        "ts": now_ms(),
+    }

@@ -4,6 +4,7 @@ Every server instance writes a heartbeat key that expires unless renewed, and
 records each socket under its session. A socket whose instance has stopped
 beating is not live, even if the instance died before it could clean up.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,8 +30,7 @@ class Presence:
         return self.settings.key("sockets", session_id)
 
     async def heartbeat(self, instance_id: str, info: dict) -> None:
-        await self.redis.set(self.settings.key("instance", instance_id),
-                             json.dumps(info), ex=HEARTBEAT_TTL)
+        await self.redis.set(self.settings.key("instance", instance_id), json.dumps(info), ex=HEARTBEAT_TTL)
 
     async def stop(self, instance_id: str) -> None:
         await self.redis.delete(self.settings.key("instance", instance_id))
@@ -42,7 +42,7 @@ class Presence:
         async for key in self.redis.scan_iter(match=prefix + "*"):
             raw = await self.redis.get(key)
             if raw:
-                found[key[len(prefix):]] = json.loads(raw)
+                found[key[len(prefix) :]] = json.loads(raw)
         return found
 
     async def add_socket(self, session_id: str, sid: str, instance_id: str, transport: str) -> None:
@@ -55,8 +55,9 @@ class Presence:
     async def set_transport(self, session_id: str, sid: str, transport: str) -> None:
         raw = await self.redis.hget(self._sockets_key(session_id), sid)
         if raw:
-            await self.redis.hset(self._sockets_key(session_id), sid,
-                                  json.dumps({**json.loads(raw), "transport": transport}))
+            await self.redis.hset(
+                self._sockets_key(session_id), sid, json.dumps({**json.loads(raw), "transport": transport})
+            )
 
     async def remove_socket(self, session_id: str, sid: str) -> None:
         await self.redis.hdel(self._sockets_key(session_id), sid)

@@ -5,6 +5,7 @@ the session's id is an HMAC of it under ``settings.secret``, so a copy of
 Redis holds no usable session, and the id can be shown and used to revoke a
 session without exposing the token. Expiry slides: each use pushes it back.
 """
+
 from __future__ import annotations
 
 import hashlib

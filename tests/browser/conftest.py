@@ -10,9 +10,11 @@ RabbitMQ queues are removed.
 Playwright's sync API is used from plain ``def`` tests, so it never meets
 pytest-asyncio's event loop. For the same reason the processes here are
 plain ``subprocess.Popen`` ones rather than ``notifylab.lab``'s asyncio ones:
-a sync test cannot await them when it kills and restarts an instance. ``playwright install`` is never run: the tests
-drive ``/usr/bin/chromium`` (``apt-get install -y chromium``).
+a sync test cannot await them when it kills and restarts an instance.
+``playwright install`` is never run: the tests drive ``/usr/bin/chromium``
+(``apt-get install -y chromium``).
 """
+
 from __future__ import annotations
 
 import os
@@ -23,16 +25,15 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
-from support import new_prefix
+from browser_support import CHROMIUM, CHROMIUM_ARGS, DIST, FRONTEND, READY_TIMEOUT, ROOT, WAIT_MS
 from notifylab.lab import free_port
-from browser_support import (CHROMIUM, CHROMIUM_ARGS, DIST, FRONTEND, READY_TIMEOUT, ROOT,
-                             WAIT_MS)
+from support import new_prefix
 
 
 @dataclass
@@ -50,11 +51,16 @@ class Proc:
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def start(self) -> "Proc":
+    def start(self) -> Proc:
         with open(self.log_path, "ab") as out:
-            self.process = subprocess.Popen([sys.executable, "-m", "notifylab", *self.args],
-                                            env=self.env, cwd=ROOT, stdout=out,
-                                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "notifylab", *self.args],
+                env=self.env,
+                cwd=ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
         if self.url:
             self.wait_ready()
         return self
@@ -125,8 +131,9 @@ def _build_frontend() -> None:
     for args in (["ci", "--no-audit", "--no-fund"], ["run", "build"]):
         done = subprocess.run([npm, *args], cwd=FRONTEND, capture_output=True, text=True, timeout=600)
         if done.returncode != 0:
-            pytest.fail(f"npm {' '.join(args)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}",
-                        pytrace=False)
+            pytest.fail(
+                f"npm {' '.join(args)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}", pytrace=False
+            )
 
 
 @pytest.fixture(scope="session")
@@ -142,17 +149,30 @@ def _stack(services: None, frontend_dist: Path, tmp_path_factory: pytest.TempPat
     # removes everything made under prefixes from new_prefix() after the run.
     prefix = new_prefix()
     log_dir = tmp_path_factory.mktemp("browser-stack")
-    env = {**os.environ, "NOTIFYLAB_PREFIX": prefix, "NOTIFYLAB_STATIC_DIR": str(frontend_dist),
-           "NOTIFYLAB_LOG_LEVEL": "INFO", "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        "NOTIFYLAB_PREFIX": prefix,
+        "NOTIFYLAB_STATIC_DIR": str(frontend_dist),
+        "NOTIFYLAB_LOG_LEVEL": "INFO",
+        "PYTHONUNBUFFERED": "1",
+    }
 
     def server(instance: str) -> Proc:
         port = free_port()
-        return Proc(f"server-{instance}", ["serve", "--host", "127.0.0.1", "--port", str(port),
-                                           "--instance-id", instance],
-                    env, log_dir / f"server-{instance}.log", url=f"http://127.0.0.1:{port}")
+        return Proc(
+            f"server-{instance}",
+            ["serve", "--host", "127.0.0.1", "--port", str(port), "--instance-id", instance],
+            env,
+            log_dir / f"server-{instance}.log",
+            url=f"http://127.0.0.1:{port}",
+        )
 
-    stack = Stack(prefix, server("a"), server("b"),
-                  Proc("worker", ["worker", "--worker-id", f"{prefix}-w1"], env, log_dir / "worker.log"))
+    stack = Stack(
+        prefix,
+        server("a"),
+        server("b"),
+        Proc("worker", ["worker", "--worker-id", f"{prefix}-w1"], env, log_dir / "worker.log"),
+    )
     try:
         for proc in stack.processes:
             proc.start()
@@ -218,4 +238,3 @@ def new_context(browser) -> Iterator[object]:
     yield make
     for context in made:
         context.close()
-

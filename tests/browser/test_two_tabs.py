@@ -5,6 +5,7 @@ ports), so a page on instance ``a`` and a page on instance ``b`` are two tabs
 of the same session on two server instances. Another context is another
 device (its own session). Every wait is bounded (``WAIT_MS``); nothing sleeps.
 """
+
 from __future__ import annotations
 
 import base64
@@ -23,11 +24,15 @@ SCREENSHOT = ROOT / "docs" / "screenshot-two-tabs.png"
 
 # --- helpers -----------------------------------------------------------------
 
+
 def api(context, method: str, url: str, data: dict | None = None) -> dict:
     """A REST call with the context's cookie (its session)."""
     response = context.request.fetch(
-        url, method=method, data=json.dumps(data) if data is not None else None,
-        headers={"Content-Type": "application/json"} if data is not None else None)
+        url,
+        method=method,
+        data=json.dumps(data) if data is not None else None,
+        headers={"Content-Type": "application/json"} if data is not None else None,
+    )
     assert response.ok, f"{method} {url} -> {response.status} {response.text()}"
     return response.json()
 
@@ -66,7 +71,9 @@ def open_signed_in(page: Page, url: str, instance: str) -> None:
 
 def start_operation(page: Page, kind: str, **params: object) -> str:
     """Start an operation with the form; returns its id (from the REST list)."""
-    before = {op["id"] for op in api(page.context, "GET", page.url.rstrip("/") + "/api/operations")["operations"]}
+    before = {
+        op["id"] for op in api(page.context, "GET", page.url.rstrip("/") + "/api/operations")["operations"]
+    }
     page.get_by_label("Operation kind").select_option(kind)
     for name, value in params.items():
         page.get_by_label(name, exact=True).fill(str(value))
@@ -117,6 +124,7 @@ RECORD_OPERATIONS = """() => {
 
 
 # --- tests -------------------------------------------------------------------
+
 
 def test_two_tabs_on_two_instances_follow_one_operation(stack, new_context):
     context = new_context()
@@ -288,7 +296,10 @@ def test_screenshot_of_two_tabs(stack, new_context):
     for tab in (tab_a, tab_b):
         tab.wait_for_function(
             """id => Number(document.querySelector(`[data-testid="operation"][data-id="${id}"]`)
-                      ?.dataset.step || 0) >= 8""", arg=running, timeout=WAIT_MS)
+                      ?.dataset.step || 0) >= 8""",
+            arg=running,
+            timeout=WAIT_MS,
+        )
 
     shots = [base64.b64encode(tab.screenshot()).decode() for tab in (tab_a, tab_b)]
     composer = context.new_page()
@@ -297,11 +308,13 @@ def test_screenshot_of_two_tabs(stack, new_context):
       font:600 15px system-ui,sans-serif;color:#1c2030">
       <div style="display:flex;gap:16px;padding:14px 14px 0">
         <figure style="margin:0"><figcaption style="padding:0 0 6px">Tab 1 — instance a
-          ({stack.a.url.rsplit(':', 1)[1]})</figcaption>
-          <img src="data:image/png;base64,{shots[0]}" width="900" style="display:block;border-radius:8px"></figure>
+          ({stack.a.url.rsplit(":", 1)[1]})</figcaption>
+          <img src="data:image/png;base64,{shots[0]}" width="900"
+               style="display:block;border-radius:8px"></figure>
         <figure style="margin:0"><figcaption style="padding:0 0 6px">Tab 2 — instance b
-          ({stack.b.url.rsplit(':', 1)[1]})</figcaption>
-          <img src="data:image/png;base64,{shots[1]}" width="900" style="display:block;border-radius:8px"></figure>
+          ({stack.b.url.rsplit(":", 1)[1]})</figcaption>
+          <img src="data:image/png;base64,{shots[1]}" width="900"
+               style="display:block;border-radius:8px"></figure>
       </div></body></html>""")
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
     composer.screenshot(path=str(SCREENSHOT), full_page=True)
