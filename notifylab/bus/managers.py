@@ -113,7 +113,7 @@ class _TopicTransport(AsyncPubSubManager):
         self._listen_exchange: aio_pika.abc.AbstractExchange | None = None
         self._ready = asyncio.Event()
         self._inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
-        self.on_reconnect = []  # coroutines run after the listener reconnects
+        self.on_reconnect: list[Callable[[], Awaitable[None]]] = []  # run after the listener reconnects
 
     async def _exchange(
         self, connection: aio_pika.abc.AbstractRobustConnection

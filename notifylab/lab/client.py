@@ -123,7 +123,7 @@ class Client:
             self._poke()
 
         @self.sio.on("notification")
-        async def notification(note: dict) -> None:
+        async def notification(note: Notification) -> None:
             self._receive(note)
 
         @self.sio.on("inbox:read")
@@ -221,7 +221,7 @@ class Client:
                 self._changed.clear()
                 await self._changed.wait()
 
-    async def wait_operation(self, op_id: str, timeout: float = 30) -> dict:
+    async def wait_operation(self, op_id: str, timeout: float = 30) -> Notification:
         """Wait for the operation to end; returns its final notification."""
         await self.wait_for(
             lambda: any(n["operation"] == op_id and n["type"] in TERMINAL_TYPES for n in self.notifications),
@@ -229,7 +229,7 @@ class Client:
         )
         return next(n for n in reversed(self.notifications) if n["operation"] == op_id)
 
-    def of_operation(self, op_id: str) -> list[dict]:
+    def of_operation(self, op_id: str) -> list[Notification]:
         return [n for n in self.notifications if n["operation"] == op_id]
 
     async def close(self) -> None:

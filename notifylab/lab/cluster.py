@@ -165,7 +165,7 @@ class Cluster:
             except aio_pika.exceptions.ChannelClosed:  # no worker ever declared it
                 return 0
             result = queue.declaration_result
-            return result.consumer_count if result is not None else 0
+            return (result.consumer_count or 0) if result is not None else 0
 
     # -- sessions -----------------------------------------------------------
 

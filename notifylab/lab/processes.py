@@ -119,10 +119,9 @@ class LabProcess:
             try:
                 async with asyncio.timeout(timeout):
                     while True:
-                        if not self.running:
-                            raise RuntimeError(
-                                f"{self.name} exited ({self.process.returncode}):\n{self.log_tail()}"
-                            )
+                        if self.process is None or self.process.returncode is not None:
+                            code = self.process.returncode if self.process else None
+                            raise RuntimeError(f"{self.name} exited ({code}):\n{self.log_tail()}")
                         try:
                             async with http.get(f"{self.url}/readyz") as response:
                                 if response.status == 200:
@@ -142,20 +141,22 @@ class LabProcess:
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Ask it to stop (SIGTERM), then kill it if it does not."""
-        if not self.running:
+        process = self.process
+        if process is None or process.returncode is not None:
             return
-        self.process.send_signal(signal.SIGTERM)
+        process.send_signal(signal.SIGTERM)
         try:
             async with asyncio.timeout(timeout):
-                await self.process.wait()
+                await process.wait()
         except TimeoutError:
             await self.kill()
 
     async def kill(self) -> None:
         """SIGKILL: the process gets no chance to clean up, as in a crash."""
-        if self.running:
-            self.process.kill()
-            await self.process.wait()
+        process = self.process
+        if process is not None and process.returncode is None:
+            process.kill()
+            await process.wait()
 
     async def health(self) -> dict:
         """What ``/readyz`` says (a server), or whether it runs (a worker)."""

@@ -109,7 +109,7 @@ class Feed:
                 self.metrics.duplicates.inc()
                 return
             if note.get("prev") == cursor:
-                batch = [note]
+                batch: list[Notification] = [note]
             else:  # 3. a gap: the stream has what we missed, in order
                 self.metrics.gaps.inc()
                 batch = await self.inbox.after(user, cursor)

@@ -158,6 +158,7 @@ class SocketHandlers:
         self.services.metrics.sockets.dec()
         await self.services.feed.detach(sid, data["user"])
         await self.services.presence.remove_socket(data["session"], sid)
+        return None
 
     # -- client events --------------------------------------------------------
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import secrets
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import WatchError
@@ -65,7 +66,9 @@ class Operation:
     @classmethod
     def from_redis(cls, data: dict) -> Operation:
         ints = {"steps", "step", "attempts", "created", "updated"}
-        values = {k: (int(v) if k in ints else v) for k, v in data.items() if k in cls.__dataclass_fields__}
+        values: dict[str, Any] = {
+            k: (int(v) if k in ints else v) for k, v in data.items() if k in cls.__dataclass_fields__
+        }
         values["params"] = json.loads(data["params"])
         return cls(**values)
 
