@@ -58,6 +58,13 @@ class Settings:
     session_ttl: int = 7 * 24 * 3600
     cookie_secure: bool = False
     inbox_max: int = 1000
+    # Origins allowed to make cookie-authenticated requests besides the
+    # instance's own (comma-separated; e.g. the load balancer's public URL).
+    allowed_origins: str = ""
+    login_attempts: int = 5  # failed logins per username or address before backoff
+    hash_concurrency: int = 2  # Argon2 hashes in flight per instance (CPU-bound)
+    max_active_operations: int = 10  # per user: queued or running at once
+    session_check_seconds: int = 30  # how often open sockets' sessions are re-checked
 
     ENV_NAMES: ClassVar[dict[str, str]] = {  # field -> environment variable
         "broker_url": "NOTIFYLAB_BROKER_URL",
@@ -75,6 +82,11 @@ class Settings:
         "session_ttl": "NOTIFYLAB_SESSION_TTL",
         "cookie_secure": "NOTIFYLAB_COOKIE_SECURE",
         "inbox_max": "NOTIFYLAB_INBOX_MAX",
+        "allowed_origins": "NOTIFYLAB_ALLOWED_ORIGINS",
+        "login_attempts": "NOTIFYLAB_LOGIN_ATTEMPTS",
+        "hash_concurrency": "NOTIFYLAB_HASH_CONCURRENCY",
+        "max_active_operations": "NOTIFYLAB_MAX_ACTIVE_OPERATIONS",
+        "session_check_seconds": "NOTIFYLAB_SESSION_CHECK_SECONDS",
     }
 
     def __post_init__(self) -> None:
@@ -82,8 +94,17 @@ class Settings:
             raise ConfigError(f"NOTIFYLAB_ROUTING must be 'topic' or 'fanout', not {self.routing!r}")
         if not 0 < self.port < 65536:
             raise ConfigError(f"NOTIFYLAB_PORT must be 1-65535, not {self.port}")
-        if self.worker_concurrency < 1 or self.max_attempts < 1:
-            raise ConfigError("worker concurrency and max attempts must be at least 1")
+        at_least_one = (
+            "worker_concurrency",
+            "max_attempts",
+            "login_attempts",
+            "hash_concurrency",
+            "max_active_operations",
+            "session_check_seconds",
+        )
+        for name in at_least_one:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{self.ENV_NAMES[name]} must be at least 1, not {getattr(self, name)}")
         if not self.prefix.replace("-", "").replace("_", "").isalnum():
             raise ConfigError(f"NOTIFYLAB_PREFIX must be letters, digits, - or _, not {self.prefix!r}")
         if self.memory != (
@@ -96,6 +117,11 @@ class Settings:
         # Frozen dataclasses need object.__setattr__ for derived defaults.
         if not self.instance_id:
             object.__setattr__(self, "instance_id", f"{socket.gethostname()}-{self.port}")
+
+    @property
+    def origins(self) -> tuple[str, ...]:
+        """``allowed_origins`` as a tuple, without trailing slashes."""
+        return tuple(o.strip().rstrip("/") for o in self.allowed_origins.split(",") if o.strip())
 
     @property
     def memory(self) -> bool:

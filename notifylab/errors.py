@@ -36,6 +36,17 @@ class Conflict(NotifylabError):
     status = 409
 
 
+class TooManyRequests(NotifylabError):
+    """A limit was reached (failed logins, active operations); the message
+    says which, and ``retry_after`` (seconds) when waiting will help."""
+
+    status = 429
+
+    def __init__(self, message: str, field: str | None = None, retry_after: int | None = None):
+        super().__init__(message, field)
+        self.retry_after = retry_after
+
+
 class ServiceUnavailable(NotifylabError):
     """RabbitMQ or Redis cannot be reached; the message names the URL."""
 
