@@ -65,6 +65,12 @@ class Settings:
     hash_concurrency: int = 2  # Argon2 hashes in flight per instance (CPU-bound)
     max_active_operations: int = 10  # per user: queued or running at once
     session_check_seconds: int = 30  # how often open sockets' sessions are re-checked
+    # Redis connections per process. A full pool makes a caller wait (up to
+    # redis_pool_wait seconds) instead of failing: a reconnect storm or a busy
+    # worker slows down rather than losing work. A worker's pool is never
+    # smaller than its concurrency needs (see store/connect.py).
+    redis_pool_size: int = 64
+    redis_pool_wait: int = 20
 
     ENV_NAMES: ClassVar[dict[str, str]] = {  # field -> environment variable
         "broker_url": "NOTIFYLAB_BROKER_URL",
@@ -87,6 +93,8 @@ class Settings:
         "hash_concurrency": "NOTIFYLAB_HASH_CONCURRENCY",
         "max_active_operations": "NOTIFYLAB_MAX_ACTIVE_OPERATIONS",
         "session_check_seconds": "NOTIFYLAB_SESSION_CHECK_SECONDS",
+        "redis_pool_size": "NOTIFYLAB_REDIS_POOL_SIZE",
+        "redis_pool_wait": "NOTIFYLAB_REDIS_POOL_WAIT",
     }
 
     def __post_init__(self) -> None:
@@ -101,6 +109,8 @@ class Settings:
             "hash_concurrency",
             "max_active_operations",
             "session_check_seconds",
+            "redis_pool_size",
+            "redis_pool_wait",
         )
         for name in at_least_one:
             if getattr(self, name) < 1:

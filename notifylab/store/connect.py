@@ -26,9 +26,20 @@ async def connect_redis(settings: Settings) -> aioredis.Redis:
             ) from None
 
         return fakeredis.FakeAsyncRedis(decode_responses=True)
-    client = aioredis.from_url(
-        settings.redis_url, decode_responses=True, socket_connect_timeout=5, health_check_interval=10
+    # A blocking pool: when every connection is busy a caller waits for one
+    # (bounded by redis_pool_wait) instead of failing with "Too many
+    # connections", as redis-py's default pool does. Each running operation
+    # holds at most one connection at a time, so a worker's pool covers its
+    # concurrency plus the few its own bookkeeping needs.
+    pool = aioredis.BlockingConnectionPool.from_url(
+        settings.redis_url,
+        max_connections=max(settings.redis_pool_size, settings.worker_concurrency + 8),
+        timeout=settings.redis_pool_wait,
+        decode_responses=True,
+        socket_connect_timeout=5,
+        health_check_interval=10,
     )
+    client = aioredis.Redis(connection_pool=pool)
     try:
         async with asyncio.timeout(5):
             await client.ping()
