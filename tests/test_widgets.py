@@ -4,6 +4,7 @@ a learner sees, so the tests read traits (not the client underneath).
 No kernel is needed: outside one, ipywidgets 8 gives each widget a dummy
 comm, and models, traits and ``Button.click()`` work as in a notebook.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -13,9 +14,9 @@ from collections.abc import Callable, Iterator
 
 import ipywidgets as w
 import pytest
-from support import servers
 
 from notifylab.widgets import NotificationPanel, SessionsPanel, Timeline
+from support import servers
 
 WAIT = 15  # seconds: a bound on every wait, far above what any step needs
 
@@ -24,7 +25,7 @@ async def eventually(check: Callable[[], object], what: str, timeout: float = WA
     """Wait until ``check()`` is true (a widget updates on its own task's time)."""
     try:
         async with asyncio.timeout(timeout):
-            while not check():
+            while not check():  # noqa: ASYNC110 (widget traits have no awaitable change event)
                 await asyncio.sleep(0.02)
     except TimeoutError:
         pytest.fail(f"not true after {timeout} s: {what}")
@@ -49,6 +50,7 @@ def ended(client, op_id: str, type_: str) -> Callable[[], bool]:
 
 
 # -- NotificationPanel -------------------------------------------------------
+
 
 async def test_panel_connects_and_follows_an_operation_started_on_the_other_instance(stack, clients, keep):
     url_a, url_b = servers(stack)
@@ -130,8 +132,9 @@ async def test_mark_read_agrees_between_the_panel_and_other_sessions(stack, clie
     assert panel.unread_label.value != "0 unread"
 
     await other.mark_read()
-    await eventually(lambda: panel.unread_label.value == "0 unread",
-                     "another session's mark-read reached the panel")
+    await eventually(
+        lambda: panel.unread_label.value == "0 unread", "another session's mark-read reached the panel"
+    )
 
     op = (await other.start("report", steps=1, step_seconds=0.05))["id"]
     await other.wait_for(ended(other, op, "operation.succeeded"), WAIT)
@@ -155,13 +158,16 @@ async def test_close_stops_the_panel_task_and_leaves_the_client_open(stack, clie
 def test_a_widget_needs_a_running_loop_and_the_package_needs_no_server():
     with pytest.raises(RuntimeError, match="running asyncio loop"):
         NotificationPanel(object())  # type: ignore[arg-type]
-    code = ("import sys, notifylab.widgets; "
-            "print([m for m in sys.modules if m.startswith(('notifylab.server', 'notifylab.store'))])")
+    code = (
+        "import sys, notifylab.widgets; "
+        "print([m for m in sys.modules if m.startswith(('notifylab.server', 'notifylab.store'))])"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
 
 # -- SessionsPanel -------------------------------------------------------------
+
 
 async def test_sessions_panel_lists_sessions_and_revokes_one(stack, clients, keep):
     url_a, url_b = servers(stack)
@@ -178,8 +184,10 @@ async def test_sessions_panel_lists_sessions_and_revokes_one(stack, clients, kee
     assert sessions.summary.value == "2 sessions, 2 sockets"
 
     third = await clients(url_b, user=keeper.user)
-    await eventually(lambda: third.hello["session"] in sessions.session_ids(),
-                     "the periodic refresh found the third session")
+    await eventually(
+        lambda: third.hello["session"] in sessions.session_ids(),
+        "the periodic refresh found the third session",
+    )
 
     sessions.revoke_button(theirs).click()
     await victim.wait_for(lambda: victim.revoked and not victim.connected, WAIT)
@@ -189,6 +197,7 @@ async def test_sessions_panel_lists_sessions_and_revokes_one(stack, clients, kee
 
 
 # -- Timeline ------------------------------------------------------------------
+
 
 async def test_timeline_rows_have_every_stamp_and_the_delivering_instance(stack, clients, keep):
     url_a, url_b = servers(stack)

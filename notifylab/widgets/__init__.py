@@ -16,6 +16,7 @@ Each panel is a ``VBox`` kept live by one asyncio task on the kernel's loop;
 ``panel.close()`` stops it and leaves the client open (you own the client).
 Like ``notifylab.lab``, this package needs neither the server nor the store.
 """
+
 from .panel import LiveBox, NotificationPanel, connection_state
 from .sessions import SessionsPanel
 from .timeline import Timeline

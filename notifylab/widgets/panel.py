@@ -26,6 +26,7 @@ How it stays live in a Jupyter kernel (see docs "The kernel side"):
 
 :class:`LiveBox`, the base of every notifylab widget, holds that pattern once.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -78,8 +79,10 @@ class LiveBox(w.VBox):
             # on a thread where there is no running loop (or another one).
             self._loop = asyncio.get_running_loop()
         except RuntimeError:
-            raise RuntimeError(f"make a {type(self).__name__} in a notebook cell or a coroutine: "
-                               "it needs a running asyncio loop") from None
+            raise RuntimeError(
+                f"make a {type(self).__name__} in a notebook cell or a coroutine: "
+                "it needs a running asyncio loop"
+            ) from None
         self.interval = interval
         self.error_label = w.HTML(layout=w.Layout(min_height="0"))
         self._actions: set[asyncio.Task] = set()  # strong references while they run
@@ -108,24 +111,25 @@ class LiveBox(w.VBox):
     def _render_safely(self) -> None:
         try:
             self.render()
-        except Exception as exc:  # noqa: BLE001 - a bug here must show, not kill the task
+        except Exception as exc:
             self.show_error("refresh", exc)
 
     def show_error(self, what: str, exc: BaseException) -> None:
         """Show ``exc`` in ``error_label`` (the only place errors can go from a task)."""
         self._error_of = what
-        self.error_label.value = (f'<span style="color:#b00020">{html.escape(what)} failed: '
-                                  f"{html.escape(str(exc) or type(exc).__name__)}</span>")
+        self.error_label.value = (
+            f'<span style="color:#b00020">{html.escape(what)} failed: '
+            f"{html.escape(str(exc) or type(exc).__name__)}</span>"
+        )
 
-    async def _guard(self, what: str, action: Callable[[], Awaitable[object]], *,
-                     user: bool = False) -> bool:
+    async def _guard(self, what: str, action: Callable[[], Awaitable[object]], *, user: bool = False) -> bool:
         """Await ``action()``; show an error rather than raise it. Success
         clears the error label if a user action succeeded, or if the error
         was from this same background step (so a periodic refresh does not
         wipe out a failed click the user has not read yet)."""
         try:
             await action()
-        except Exception as exc:  # noqa: BLE001 - whatever it is, the user must see it
+        except Exception as exc:
             self.show_error(what, exc)
             return False
         if user or self._error_of == what:
@@ -138,6 +142,7 @@ class LiveBox(w.VBox):
         ``action`` makes the coroutine (so it is made on the loop's thread);
         an error is shown in ``error_label``; the widget re-renders after it.
         """
+
         async def run() -> None:
             await self._guard(what, action, user=True)
             self._render_safely()
@@ -210,8 +215,7 @@ class NotificationPanel(LiveBox):
     ``error_label``, ``start_button``, ``mark_read_button``.
     """
 
-    def __init__(self, client: Client, *, last: int = 10, max_operations: int = 10,
-                 interval: float = 0.1):
+    def __init__(self, client: Client, *, last: int = 10, max_operations: int = 10, interval: float = 0.1):
         self.client = client
         self.last, self.max_operations = last, max_operations
         self._rows: dict[str, _OperationRow] = {}
@@ -221,19 +225,34 @@ class NotificationPanel(LiveBox):
         self.instance_label = w.Label()
         self.transport_label = w.Label()
         self.connection_label = w.Label()
-        header = w.HBox([self.user_label, w.Label("on instance"), self.instance_label,
-                         w.Label("via"), self.transport_label, w.Label("·"), self.connection_label])
+        header = w.HBox(
+            [
+                self.user_label,
+                w.Label("on instance"),
+                self.instance_label,
+                w.Label("via"),
+                self.transport_label,
+                w.Label("·"),
+                self.connection_label,
+            ]
+        )
 
         first = next(iter(KINDS.values()))
-        self.kind = w.Dropdown(options=[(k.title, k.name) for k in KINDS.values()], value=first.name,
-                               description="Kind", layout=w.Layout(width="18em"))
+        self.kind = w.Dropdown(
+            options=[(k.title, k.name) for k in KINDS.values()],
+            value=first.name,
+            description="Kind",
+            layout=w.Layout(width="18em"),
+        )
         self.steps = w.BoundedIntText(min=1, max=100, description="Steps", layout=w.Layout(width="10em"))
-        self.step_seconds = w.BoundedFloatText(min=0.01, max=30, step=0.1, description="s/step",
-                                               layout=w.Layout(width="10em"))
+        self.step_seconds = w.BoundedFloatText(
+            min=0.01, max=30, step=0.1, description="s/step", layout=w.Layout(width="10em")
+        )
         self._apply_kind_defaults()
         # The frontend may change the kind on a comm thread: apply on the loop.
-        self.kind.observe(lambda _change: self._loop.call_soon_threadsafe(self._apply_kind_defaults),
-                          names="value")
+        self.kind.observe(
+            lambda _change: self._loop.call_soon_threadsafe(self._apply_kind_defaults), names="value"
+        )
         self.start_button = w.Button(description="Start", icon="play", button_style="primary")
         self.start_button.on_click(lambda _button: self._start())
 
@@ -243,13 +262,16 @@ class NotificationPanel(LiveBox):
         self.mark_read_button.on_click(lambda _button: self.run_soon("mark read", self.client.mark_read))
         self.inbox = w.HTML()
 
-        super().__init__([
-            header,
-            w.HBox([self.kind, self.steps, self.step_seconds, self.start_button]),
-            self.operations_box,
-            w.HBox([self.unread_label, self.mark_read_button]),
-            self.inbox,
-        ], interval)
+        super().__init__(
+            [
+                header,
+                w.HBox([self.kind, self.steps, self.step_seconds, self.start_button]),
+                self.operations_box,
+                w.HBox([self.unread_label, self.mark_read_button]),
+                self.inbox,
+            ],
+            interval,
+        )
 
     def __repr__(self) -> str:
         # Deterministic: nbval compares the text/plain of displayed widgets.
@@ -318,13 +340,13 @@ class NotificationPanel(LiveBox):
                 # Operations from hello carry "created"; later ones are newer.
                 self._first_seen[op_id] = op.get("created") or time.time() * 1000
             self._rows[op_id].show(op)
-        newest = sorted(self._rows, key=self._first_seen.__getitem__, reverse=True)[:self.max_operations]
+        newest = sorted(self._rows, key=self._first_seen.__getitem__, reverse=True)[: self.max_operations]
         boxes = tuple(self._rows[op_id].box for op_id in newest)
         if boxes != self.operations_box.children:
             self.operations_box.children = boxes
 
         self.unread_label.value = f"{client.unread if client.unread is not None else '?'} unread"
-        self.inbox.value = self._inbox_html(client.notifications[-self.last:])
+        self.inbox.value = self._inbox_html(client.notifications[-self.last :])
 
     @staticmethod
     def _inbox_html(notes: Sequence[Mapping[str, Any]]) -> str:
@@ -334,5 +356,6 @@ class NotificationPanel(LiveBox):
             f"<li><code>{clock(n.get('ts'))}</code> {html.escape(n['type'].removeprefix('operation.'))}"
             f" · {html.escape(n.get('kind', ''))} {html.escape(n['operation'][:8])}"
             f" · {html.escape(n.get('message', ''))}</li>"
-            for n in reversed(notes))
+            for n in reversed(notes)
+        )
         return f'<ul style="margin:0;padding-left:1.2em">{items}</ul>'

@@ -11,6 +11,7 @@ Unlike :class:`~notifylab.widgets.panel.NotificationPanel`, nothing pushes
 session changes to a client, so this panel asks the server again every few
 seconds (and after each Revoke or Refresh).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -84,6 +85,7 @@ class SessionsPanel(LiveBox):
             # Revoking our own session ends our right to ask for the list.
             if session_id != (self.client.hello or {}).get("session"):
                 await self.refresh()
+
         self.run_soon("revoke", revoke)
 
     def render(self) -> None:
@@ -103,8 +105,9 @@ class SessionsPanel(LiveBox):
 
     def _new_row(self, session_id: str) -> tuple[w.HTML, w.Button, w.HBox]:
         info = w.HTML(layout=w.Layout(width="36em"))
-        button = w.Button(description="Revoke", icon="ban", button_style="danger",
-                          layout=w.Layout(width="7em"))
+        button = w.Button(
+            description="Revoke", icon="ban", button_style="danger", layout=w.Layout(width="7em")
+        )
         button.on_click(lambda _button: self._revoke(session_id))
         return info, button, w.HBox([info, button])
 
@@ -115,11 +118,14 @@ class SessionsPanel(LiveBox):
             f"<li><code>{html.escape(sock['sid'][:8])}</code> on instance "
             f"<b>{html.escape(str(sock.get('instance')))}</b> via {html.escape(str(sock.get('transport')))}"
             f" since {clock(sock.get('connected_at'))}</li>"
-            for sock in session.get("sockets", []))
+            for sock in session.get("sockets", [])
+        )
         device = html.escape(session.get("device", "?"))
-        return (f"<code>{html.escape(session['id'][:8])}</code>{this} · {device}"
-                f" · logged in {clock(session.get('created'))}, last seen {clock(session.get('last_seen'))}"
-                f'<ul style="margin:0;padding-left:1.2em">{sockets or "<li><i>no sockets</i></li>"}</ul>')
+        return (
+            f"<code>{html.escape(session['id'][:8])}</code>{this} · {device}"
+            f" · logged in {clock(session.get('created'))}, last seen {clock(session.get('last_seen'))}"
+            f'<ul style="margin:0;padding-left:1.2em">{sockets or "<li><i>no sockets</i></li>"}</ul>'
+        )
 
     def close(self) -> None:
         """Stop refreshing and close the panel's widgets (the client stays open)."""

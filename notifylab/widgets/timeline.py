@@ -25,6 +25,7 @@ sent again on reconnect) never went through the exchange: it has no
 long it waited, which can be minutes: the x axis is scaled to the live ones,
 and a line that runs off the right edge is drawn to the edge.
 """
+
 from __future__ import annotations
 
 import html
@@ -76,20 +77,26 @@ class Timeline(LiveBox):
         found = []
         for index, client in enumerate(self.clients):
             label = session_label(client, index)
-            for note in client.notifications[-self.last:]:
+            for note in client.notifications[-self.last :]:
                 parsed = parse_id(note["id"])
                 ts, received = note.get("ts"), note.get("received")
-                found.append({
-                    "id": note["id"], "type": note["type"], "session": label,
-                    "instance": note.get("instance"), "ts": ts,
-                    "stream_ms": parsed[0] if parsed else None,
-                    "published": note.get("published"), "emitted": note.get("emitted"),
-                    "received": received,
-                    "latency_ms": received - ts if received is not None and ts is not None else None,
-                    "replayed": "published" not in note,
-                })
+                found.append(
+                    {
+                        "id": note["id"],
+                        "type": note["type"],
+                        "session": label,
+                        "instance": note.get("instance"),
+                        "ts": ts,
+                        "stream_ms": parsed[0] if parsed else None,
+                        "published": note.get("published"),
+                        "emitted": note.get("emitted"),
+                        "received": received,
+                        "latency_ms": received - ts if received is not None and ts is not None else None,
+                        "replayed": "published" not in note,
+                    }
+                )
         found.sort(key=lambda row: (row["received"] or 0, row["id"]))
-        return found[-self.last:]
+        return found[-self.last :]
 
     def render(self) -> None:
         # Cheap check first: redraw only when some client received something.
@@ -116,30 +123,44 @@ def draw(rows: list[dict]) -> str:
             lines.append(_line(row, points, colour))
             ends[(round(points[-1][0]), _label(row), colour)] += 1
     # Lines ending at the same place with the same label share one label.
-    placed, label_rows = _place([(x, text + (f" \u00d7{n}" if n > 1 else ""), colour)
-                                 for (x, text, colour), n in ends.items()])
+    placed, label_rows = _place(
+        [(x, text + (f" \u00d7{n}" if n > 1 else ""), colour) for (x, text, colour), n in ends.items()]
+    )
 
     bottom = _lane_y(len(LANES) - 1)
     height = bottom + 12 * label_rows + 10
-    parts = [(f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" '
-              'font-family="sans-serif" font-size="11">'),
-             (f'<text x="{LEFT}" y="14" fill="#555">0 ms after it was written</text>'
-              f'<text x="{WIDTH - RIGHT}" y="14" fill="#555" text-anchor="end">{span} ms</text>')]
+    parts = [
+        (
+            f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" '
+            'font-family="sans-serif" font-size="11">'
+        ),
+        (
+            f'<text x="{LEFT}" y="14" fill="#555">0 ms after it was written</text>'
+            f'<text x="{WIDTH - RIGHT}" y="14" fill="#555" text-anchor="end">{span} ms</text>'
+        ),
+    ]
     for i, lane in enumerate(LANES):
         y = _lane_y(i)
-        parts.append(f'<line x1="{LEFT}" y1="{y}" x2="{WIDTH - RIGHT}" y2="{y}" stroke="#ddd"/>'
-                     f'<text x="4" y="{y + 4}" fill="#555">{lane}</text>')
+        parts.append(
+            f'<line x1="{LEFT}" y1="{y}" x2="{WIDTH - RIGHT}" y2="{y}" stroke="#ddd"/>'
+            f'<text x="4" y="{y + 4}" fill="#555">{lane}</text>'
+        )
     # The key: one colour per session; replays dashed, whoever received them.
     for i, (name, colour) in enumerate([*colours.items(), ("replayed", REPLAYED)]):
-        parts.append(f'<text x="{WIDTH - RIGHT + 12}" y="{TOP + 14 * (i + 1)}" fill="{colour}">'
-                     f"&#9632; {html.escape(name)}</text>")
+        parts.append(
+            f'<text x="{WIDTH - RIGHT + 12}" y="{TOP + 14 * (i + 1)}" fill="{colour}">'
+            f"&#9632; {html.escape(name)}</text>"
+        )
     parts.extend(lines)
     for x, row_index, text, colour in placed:
-        parts.append(f'<text x="{x:.1f}" y="{bottom + 12 * (row_index + 1)}" fill="{colour}">'
-                     f"{html.escape(text)}</text>")
+        parts.append(
+            f'<text x="{x:.1f}" y="{bottom + 12 * (row_index + 1)}" fill="{colour}">'
+            f"{html.escape(text)}</text>"
+        )
     if not rows:
-        parts.append(f'<text x="{LEFT}" y="{_lane_y(2) - 6}" fill="#999">'
-                     "no notifications received yet</text>")
+        parts.append(
+            f'<text x="{LEFT}" y="{_lane_y(2) - 6}" fill="#999">no notifications received yet</text>'
+        )
     parts.append("</svg>")
     return "".join(parts)
 
@@ -168,11 +189,15 @@ def _label(row: dict) -> str:
 def _line(row: dict, points: list[tuple[float, int]], colour: str) -> str:
     dash = ' stroke-dasharray="4 3"' if row["replayed"] else ""
     path = " ".join(f"{x:.1f},{y}" for x, y in points)
-    tip = html.escape(f"{row['type']} {row['id']} to {row['session']}: {_label(row)}"
-                      + (" (replayed)" if row["replayed"] else ""))
+    tip = html.escape(
+        f"{row['type']} {row['id']} to {row['session']}: {_label(row)}"
+        + (" (replayed)" if row["replayed"] else "")
+    )
     x, y = points[-1]
-    return (f'<g><title>{tip}</title><polyline points="{path}" fill="none" stroke="{colour}" '
-            f'stroke-width="1.5"{dash}/><circle cx="{x:.1f}" cy="{y}" r="2.5" fill="{colour}"/></g>')
+    return (
+        f'<g><title>{tip}</title><polyline points="{path}" fill="none" stroke="{colour}" '
+        f'stroke-width="1.5"{dash}/><circle cx="{x:.1f}" cy="{y}" r="2.5" fill="{colour}"/></g>'
+    )
 
 
 def _place(labels: list[tuple[float, str, str]], max_rows: int = 8) -> tuple[list, int]:
