@@ -25,7 +25,7 @@ WORKDIR /app
 # readme), so that editing notebooks or tests does not rebuild this layer.
 COPY pyproject.toml README.md ./
 COPY notifylab/ ./notifylab/
-RUN pip install .
+RUN pip install ".[kit]"
 
 # The package is installed into site-packages, away from /app, so its default
 # static directory (next to the source tree) does not exist here: point it at

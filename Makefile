@@ -3,12 +3,15 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: up test setup services build system-deps test-python test-frontend bench clean
+.PHONY: up test setup kit-deps services build system-deps test-python test-frontend bench clean
 
-up: setup services  ## set up, then run two instances and a worker (Ctrl-C stops them)
-	$(BIN)/notifylab up
+# The kit: two instances and a worker, and JupyterLab on notebooks/ beside them
+# (the React client in a tab next to the notebook). It prints the URL to open,
+# with its token; JupyterLab listens on 127.0.0.1 only. Ctrl-C stops it all.
+up: setup kit-deps services  ## set up, then run the cluster and JupyterLab (Ctrl-C stops them)
+	$(BIN)/notifylab kit
 
-test: setup services system-deps  ## set up, then run every test
+test: setup kit-deps services system-deps  ## set up, then run every test
 	$(MAKE) test-frontend test-python
 
 setup: $(VENV)/.installed build
@@ -17,6 +20,13 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+# The kit's extras (JupyterLab, ipywidgets, jupyter-server-proxy, nbval, ...).
+kit-deps: $(VENV)/.kit-installed
+
+$(VENV)/.kit-installed: $(VENV)/.installed pyproject.toml
+	$(BIN)/pip install --quiet -e '.[dev,kit]'
 	touch $@
 
 build: frontend/dist/index.html

@@ -1,22 +1,38 @@
-"""``notifylab up | serve | worker``: the command line.
+"""``notifylab up | kit | serve | worker``: the command line.
 
 Flags override ``NOTIFYLAB_*`` environment variables (see ``config.py``).
 """
+
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import dataclasses
+import json
 import logging
 import os
+import secrets
+import shutil
 import signal
 import sys
+import tempfile
+import webbrowser
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from .config import ConfigError, Settings
+from .config import PACKAGE_DIR, ConfigError, Settings
 from .errors import ServiceUnavailable
 
+if TYPE_CHECKING:
+    from .lab.processes import Lab
+
 log = logging.getLogger("notifylab")
+
+INSTANCE_IDS = "a,b,c,d,e,f,g,h"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -40,19 +56,60 @@ def _parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="run one worker")
     common(worker)
     worker.add_argument("--worker-id", help="this worker's name (default: host-pid)")
-    worker.add_argument("--concurrency", type=int, dest="worker_concurrency",
-                        help="operations run at once (NOTIFYLAB_WORKER_CONCURRENCY)")
+    worker.add_argument(
+        "--concurrency",
+        type=int,
+        dest="worker_concurrency",
+        help="operations run at once (NOTIFYLAB_WORKER_CONCURRENCY)",
+    )
 
     up = sub.add_parser("up", help="run two server instances and a worker (the lab)")
     common(up)
-    up.add_argument("--ports", default="8081,8082", help="comma-separated ports, one instance each")
-    up.add_argument("--workers", type=int, default=1, help="how many workers")
+
+    def cluster(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--ports", default="8081,8082", help="comma-separated ports, one instance each")
+        p.add_argument("--workers", type=int, default=1, help="how many workers")
+        p.add_argument(
+            "--instance-ids",
+            default=INSTANCE_IDS,
+            help="the instances' names, comma-separated, in the order of --ports "
+            "(default a,b,...; unique within a cluster)",
+        )
+
+    cluster(up)
+
+    kit = sub.add_parser("kit", help="the lab (like up), and JupyterLab on the notebooks beside it")
+    common(kit)
+    cluster(kit)
+    kit.add_argument("--jupyter-port", type=int, default=8888, help="JupyterLab's port")
+    kit.add_argument(
+        "--jupyter-ip",
+        default="127.0.0.1",
+        help="address JupyterLab listens on (0.0.0.0 only inside a container)",
+    )
+    kit.add_argument(
+        "--kit-dir",
+        type=Path,
+        default=None,
+        help="folder holding notebooks/ and jupyter/ (default: the repository)",
+    )
+    kit.add_argument("--no-browser", action="store_true", help="only print the URL, open no browser")
     return parser
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    names = {"broker_url", "redis_url", "prefix", "routing", "log_level", "host", "port",
-             "instance_id", "static_dir", "worker_concurrency"}
+    names = {
+        "broker_url",
+        "redis_url",
+        "prefix",
+        "routing",
+        "log_level",
+        "host",
+        "port",
+        "instance_id",
+        "static_dir",
+        "worker_concurrency",
+    }
     return Settings.from_env(**{k: v for k, v in vars(args).items() if k in names})
 
 
@@ -67,14 +124,15 @@ def _wait_for_signal() -> asyncio.Event:
 async def _serve(settings: Settings) -> None:
     from .server.app import create_app
 
-    runner = web.AppRunner(create_app(settings), handle_signals=False, access_log=None,
-                           shutdown_timeout=5)
+    runner = web.AppRunner(create_app(settings), handle_signals=False, access_log=None, shutdown_timeout=5)
     await runner.setup()  # opens Redis and RabbitMQ: fails here with the URL
     try:
         stop = _wait_for_signal()
         await web.TCPSite(runner, settings.host, settings.port).start()
-        print(f"notifylab instance {settings.instance_id} serving on http://{settings.host}:{settings.port}",
-              flush=True)
+        print(
+            f"notifylab instance {settings.instance_id} serving on http://{settings.host}:{settings.port}",
+            flush=True,
+        )
         await stop.wait()
     finally:
         await runner.cleanup()
@@ -87,8 +145,10 @@ async def _worker(settings: Settings, worker_id: str | None) -> None:
     from .worker import Worker
 
     if settings.memory:
-        raise ConfigError("a separate worker cannot share memory:// with a server; "
-                          "`notifylab serve` runs one inside itself in the embedded mode")
+        raise ConfigError(
+            "a separate worker cannot share memory:// with a server; "
+            "`notifylab serve` runs one inside itself in the embedded mode"
+        )
     redis = await connect_redis(settings)
     jobs = make_jobs(settings)
     emitter = make_manager(settings, write_only=True)
@@ -106,52 +166,303 @@ async def _worker(settings: Settings, worker_id: str | None) -> None:
         await redis.aclose()
 
 
-async def _up(settings: Settings, ports: list[int], workers: int) -> int:
+def _lab_env(settings: Settings) -> dict[str, str]:
+    """The settings every process of the lab shares, as ``NOTIFYLAB_*`` variables."""
+    return {
+        name: str(getattr(settings, field))
+        for field, name in Settings.ENV_NAMES.items()
+        if field not in {"instance_id", "port"}
+    }
+
+
+@contextlib.asynccontextmanager
+async def _cluster(
+    settings: Settings, ports: list[int], workers: int, ids: str = INSTANCE_IDS
+) -> AsyncIterator[Lab]:
+    """``ports`` instances (named from ``ids``) and ``workers`` workers, stopped on the way out."""
     from .lab.processes import Lab
 
-    if settings.memory:
-        print("embedded mode: one instance only (memory:// cannot be shared between processes)")
-        ports = ports[:1]
-    env = {name: str(getattr(settings, field)) for field, name in Settings.ENV_NAMES.items()
-           if field not in {"instance_id", "port"}}
-    async with Lab(env) as lab:
+    names = [i.strip() for i in ids.split(",") if i.strip()]
+    async with Lab(_lab_env(settings)) as lab:
         for i, port in enumerate(ports):
-            await lab.start_server(port, instance_id="abcdefgh"[i] if i < 8 else f"i{port}")
+            await lab.start_server(port, instance_id=names[i] if i < len(names) else f"i{port}")
         if not settings.memory:
             for _ in range(workers):
                 await lab.start_worker()
-        print("\nnotifylab is up:")
-        for proc in lab.processes:
-            print(f"  {proc.name:10} {proc.url or ''}")
-        print("Open the URLs in your browser (each is one instance). Ctrl-C stops everything.", flush=True)
-        stop = _wait_for_signal()
-        while not stop.is_set():
-            dead = [p for p in lab.processes if not p.running]
-            if dead:
-                print(f"{dead[0].name} exited with {dead[0].process.returncode}; stopping the rest",
-                      file=sys.stderr)
-                return 1
+        yield lab
+
+
+def _ports(settings: Settings, text: str) -> list[int]:
+    ports = [int(p) for p in text.split(",") if p.strip()]
+    if settings.memory:
+        print("embedded mode: one instance only (memory:// cannot be shared between processes)")
+        ports = ports[:1]
+    return ports
+
+
+async def _until_stopped(stop: asyncio.Event, children: list) -> int:
+    """Wait for SIGINT/SIGTERM (0), or until one of ``children`` exits (1).
+
+    A child is anything with ``name``, ``running`` and ``process.returncode``.
+    """
+    while not stop.is_set():
+        dead = [p for p in children if not p.running]
+        if dead:
+            print(
+                f"notifylab: {dead[0].name} exited with {dead[0].process.returncode}; stopping the rest",
+                file=sys.stderr,
+                flush=True,
+            )
+            return 1
+        try:
+            await asyncio.wait_for(stop.wait(), 0.5)
+        except TimeoutError:
+            pass
+    print("stopping...", flush=True)
+    return 0
+
+
+async def _up(settings: Settings, args: argparse.Namespace) -> int:
+    ports = _ports(settings, args.ports)
+    stop = _wait_for_signal()
+    try:
+        async with _cluster(settings, ports, args.workers, args.instance_ids) as lab:
+            print("\nnotifylab is up:")
+            for proc in lab.processes:
+                print(f"  {proc.name:10} {proc.url or ''}")
+            print("Open the URLs in your browser (each is one instance).", flush=True)
+            print("Ctrl-C stops everything.", flush=True)
+            return await _until_stopped(stop, lab.processes)
+    except RuntimeError as exc:  # a child did not start
+        return _start_failed(stop, exc)
+
+
+# --- the kit: the lab and JupyterLab ------------------------------------------------------
+
+WORKSPACE = "notifylab"  # jupyter/workspace.json's metadata id: /lab/workspaces/notifylab
+
+
+def _kit_dir(given: Path | None) -> Path:
+    """The folder with jupyter/ and notebooks/: the repository, or ``given``."""
+    if given is not None:
+        return given.resolve()
+    for candidate in (PACKAGE_DIR.parent, Path.cwd()):  # editable install, or run from a checkout
+        if (candidate / "jupyter" / "workspace.json").exists():
+            return candidate
+    raise ConfigError(
+        "no jupyter/workspace.json next to the package or here; run from the repository or pass --kit-dir"
+    )
+
+
+class JupyterLab:
+    """JupyterLab as a child process, in a process group of its own.
+
+    Its own group (a new session): Ctrl-C in the terminal reaches the kit, not
+    JupyterLab (which would stop to ask "Shutdown this Jupyter server?"); the
+    kit stops the whole group with SIGTERM, then SIGKILL, so nothing it
+    started is left holding a port.
+    """
+
+    name = "jupyterlab"
+
+    def __init__(self, kit_dir: Path, port: int, ip: str, env: dict[str, str], runtime: Path):
+        self.kit_dir, self.port, self.ip = kit_dir, port, ip
+        self.token = secrets.token_urlsafe(24)
+        self.notebooks = kit_dir / "notebooks"
+        self.workspaces = runtime / "workspaces"
+        # 0.0.0.0 inside a container: the host reaches it through a 127.0.0.1 port mapping.
+        host = "127.0.0.1" if ip in {"0.0.0.0", "::", ""} else ip
+        self.base = f"http://{host}:{port}"
+        config_path = [str(kit_dir / "jupyter"), *filter(None, [os.environ.get("JUPYTER_CONFIG_PATH")])]
+        self.env = {
+            **os.environ,
+            **env,
+            "JUPYTER_CONFIG_PATH": os.pathsep.join(config_path),
+            # From the environment, not the command line: not in `ps`.
+            "JUPYTER_TOKEN": self.token,
+        }
+        self.process: asyncio.subprocess.Process | None = None
+
+    @property
+    def url(self) -> str:
+        return f"{self.base}/lab/workspaces/{WORKSPACE}?token={self.token}"
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.returncode is None
+
+    def import_workspace(self) -> None:
+        """jupyter/workspace.json into a workspaces folder of this run's own: the
+        page opens on the kit's layout every time, and the layout JupyterLab
+        saves as you work never lands in the repository or in ~/.jupyter."""
+        try:
+            from jupyterlab_server.workspaces_handler import WorkspacesManager
+        except ImportError:
+            raise ConfigError("JupyterLab is not installed: pip install -e '.[kit]' (make up does)") from None
+        raw = (self.kit_dir / "jupyter" / "workspace.json").read_text()
+        WorkspacesManager(str(self.workspaces)).save(WORKSPACE, json.dumps(json.loads(raw)))
+
+    def args(self) -> list[str]:
+        args = [
+            "--no-browser",
+            f"--ip={self.ip}",
+            f"--port={self.port}",
+            "--ServerApp.port_retries=0",  # the printed URL must be the port asked for
+            f"--ServerApp.root_dir={self.notebooks}",
+            f"--LabApp.workspaces_dir={self.workspaces}",
+            f"--LabApp.default_url=/lab/workspaces/{WORKSPACE}",
+            "--ServerApp.log_level=WARN",
+            "--LabApp.log_level=WARN",
+        ]
+        if hasattr(os, "geteuid") and os.geteuid() == 0:
+            args.append("--allow-root")
+        return args
+
+    async def start(self) -> None:
+        self.notebooks.mkdir(parents=True, exist_ok=True)
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "jupyterlab",
+            *self.args(),
+            env=self.env,
+            stdin=asyncio.subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+    async def wait_ready(self, timeout: float = 90.0) -> None:
+        """Wait until JupyterLab answers with the token; fail early if it exits."""
+        import aiohttp
+
+        async with aiohttp.ClientSession() as http:
             try:
-                await asyncio.wait_for(stop.wait(), 0.5)
+                async with asyncio.timeout(timeout):
+                    while True:
+                        if self.process is None or self.process.returncode is not None:
+                            code = self.process.returncode if self.process else None
+                            raise RuntimeError(f"JupyterLab exited ({code}); its messages are above")
+                        try:
+                            async with http.get(
+                                f"{self.base}/api/status", headers={"Authorization": f"token {self.token}"}
+                            ) as r:
+                                if r.status == 200:
+                                    return
+                        except aiohttp.ClientError:
+                            pass
+                        await asyncio.sleep(0.2)
+            except TimeoutError:
+                raise RuntimeError(f"JupyterLab did not answer on {self.base} in {timeout:.0f} s") from None
+
+    def _signal_group(self, sig: int) -> None:
+        if self.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, sig)  # its pid is its group's id (new session)
+
+    async def stop(self, timeout: float = 20.0) -> None:
+        """SIGTERM to the group (JupyterLab shuts its kernels down), then SIGKILL."""
+        if self.process is None:
+            return
+        if self.running:
+            self._signal_group(signal.SIGTERM)
+            try:
+                async with asyncio.timeout(timeout):
+                    await self.process.wait()
             except TimeoutError:
                 pass
-        print("stopping...", flush=True)
-    return 0
+        self._signal_group(signal.SIGKILL)  # anything left in its group
+        await self.process.wait()
+
+
+def _open_browser(url: str) -> None:
+    # Without a display, webbrowser would pick a text browser and take the terminal.
+    if sys.platform in {"darwin", "win32"} or os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"):
+        with contextlib.suppress(Exception):
+            webbrowser.open(url)
+
+
+def _check_free(ip: str, port: int) -> None:
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as JupyterLab binds it
+        try:
+            s.bind((ip, port))
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen on {ip}:{port} ({exc.strerror}): another JupyterLab? pass --jupyter-port"
+            ) from None
+
+
+async def _kit(settings: Settings, args: argparse.Namespace) -> int:
+    kit_dir = _kit_dir(args.kit_dir)
+    ports = _ports(settings, args.ports)
+    _check_free(args.jupyter_ip, args.jupyter_port)
+    # The React client in JupyterLab's tab is served through JupyterLab's
+    # proxy: its requests come from JupyterLab's origin, which the instances
+    # must accept besides their own.
+    jupyter_origins = [f"http://{host}:{args.jupyter_port}" for host in ("127.0.0.1", "localhost")]
+    settings = dataclasses.replace(
+        settings, allowed_origins=",".join(dict.fromkeys([*settings.origins, *jupyter_origins]))
+    )
+    runtime = Path(tempfile.mkdtemp(prefix="notifylab-kit-"))
+    try:
+        # The kernels find the kit's cluster from these (notifylab.lab.cluster).
+        env = {**_lab_env(settings), "NOTIFYLAB_KIT_PORTS": ",".join(map(str, ports))}
+        jupyter = JupyterLab(kit_dir, args.jupyter_port, args.jupyter_ip, env, runtime)
+        jupyter.import_workspace()  # fails before anything starts if JupyterLab is missing
+        stop = _wait_for_signal()  # from here on, Ctrl-C stops what has started so far
+        try:
+            async with _cluster(settings, ports, args.workers, args.instance_ids) as lab:
+                try:
+                    await jupyter.start()
+                    await jupyter.wait_ready()
+                    print("\nnotifylab kit is up:")
+                    for proc in lab.processes:
+                        print(f"  {proc.name:10} {proc.url or ''}")
+                    print(f"  {'jupyterlab':10} {jupyter.base} (notebooks in {jupyter.notebooks})")
+                    print(
+                        "\nOpen JupyterLab (a notebook and the React client side by side):\n\n"
+                        f"    {jupyter.url}\n\n"
+                        "Open the instance URLs above in more browser tabs to add sessions "
+                        "(with 127.0.0.1 there too: the login cookie goes by host name).\n"
+                        "Ctrl-C stops everything.",
+                        flush=True,
+                    )
+                    if not args.no_browser:
+                        _open_browser(jupyter.url)
+                    return await _until_stopped(stop, [jupyter, *lab.processes])
+                finally:
+                    await jupyter.stop()
+        except RuntimeError as exc:  # a child did not start
+            return _start_failed(stop, exc)
+    finally:
+        shutil.rmtree(runtime, ignore_errors=True)
+
+
+def _start_failed(stop: asyncio.Event, exc: RuntimeError) -> int:
+    if stop.is_set():  # stopped (Ctrl-C) while starting
+        return 130
+    print(f"notifylab: {exc}", file=sys.stderr)
+    return 1
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         settings = _settings(args)
-        logging.basicConfig(level=settings.log_level.upper(),
-                            format=f"%(asctime)s {args.command}[{os.getpid()}] %(levelname)s %(name)s: %(message)s")
+        logging.basicConfig(
+            level=settings.log_level.upper(),
+            format=f"%(asctime)s {args.command}[{os.getpid()}] %(levelname)s %(name)s: %(message)s",
+        )
         if args.command == "serve":
             asyncio.run(_serve(settings))
         elif args.command == "worker":
             asyncio.run(_worker(settings, args.worker_id))
+        elif args.command == "kit":
+            return asyncio.run(_kit(settings, args))
         else:
-            ports = [int(p) for p in args.ports.split(",") if p.strip()]
-            return asyncio.run(_up(settings, ports, args.workers))
+            return asyncio.run(_up(settings, args))
     except (ServiceUnavailable, ConfigError) as exc:
         print(f"notifylab {args.command}: {exc}", file=sys.stderr)
         return 2

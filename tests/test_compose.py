@@ -4,8 +4,11 @@ No Docker engine is needed. The compose file is validated against the
 Compose specification's JSON schema (check-jsonschema ships it), its topology
 is checked with PyYAML, and both nginx configs go through ``nginx -t``; the
 native one is also run for real in front of two tiny HTTP servers, to see the
-stickiness and the WebSocket headers it promises.
+stickiness and the WebSocket headers it promises. The jupyter service's
+command runs natively too, next to a cluster standing for server-a, server-b
+and the workers, to see its instances join that cluster.
 """
+
 from __future__ import annotations
 
 import copy
@@ -25,6 +28,7 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import aiohttp
 import pytest
 import yaml
 
@@ -36,17 +40,29 @@ NGINX_TEMPLATE = ROOT / "deploy" / "nginx.native.conf.template"
 
 # Every NOTIFYLAB_* setting the package reads (notifylab/config.py).
 KNOWN_SETTINGS = {
-    "NOTIFYLAB_BROKER_URL", "NOTIFYLAB_REDIS_URL", "NOTIFYLAB_HOST",
-    "NOTIFYLAB_PORT", "NOTIFYLAB_INSTANCE_ID", "NOTIFYLAB_SECRET",
-    "NOTIFYLAB_ROUTING", "NOTIFYLAB_PREFIX", "NOTIFYLAB_STATIC_DIR",
-    "NOTIFYLAB_LOG_LEVEL", "NOTIFYLAB_WORKER_CONCURRENCY",
-    "NOTIFYLAB_MAX_ATTEMPTS", "NOTIFYLAB_SESSION_TTL", "NOTIFYLAB_COOKIE_SECURE",
+    "NOTIFYLAB_BROKER_URL",
+    "NOTIFYLAB_REDIS_URL",
+    "NOTIFYLAB_HOST",
+    "NOTIFYLAB_PORT",
+    "NOTIFYLAB_INSTANCE_ID",
+    "NOTIFYLAB_SECRET",
+    "NOTIFYLAB_ROUTING",
+    "NOTIFYLAB_PREFIX",
+    "NOTIFYLAB_STATIC_DIR",
+    "NOTIFYLAB_LOG_LEVEL",
+    "NOTIFYLAB_WORKER_CONCURRENCY",
+    "NOTIFYLAB_MAX_ATTEMPTS",
+    "NOTIFYLAB_SESSION_TTL",
+    "NOTIFYLAB_COOKIE_SECURE",
 }
+# Not the package's: `notifylab kit` sets it for the kernels, the notebooks read it.
+KIT_SETTINGS = {"NOTIFYLAB_KIT_PORTS"}
 SERVERS = ("server-a", "server-b")
 BACKENDS = {"rabbitmq": "NOTIFYLAB_BROKER_URL", "redis": "NOTIFYLAB_REDIS_URL"}
 
 
 # --- helpers -------------------------------------------------------------------
+
 
 def check_jsonschema(path: Path) -> subprocess.CompletedProcess:
     # A dev dependency of the project: it sits next to this interpreter.
@@ -54,7 +70,10 @@ def check_jsonschema(path: Path) -> subprocess.CompletedProcess:
     assert exe.exists(), f"{exe} is missing: pip install -e '.[dev]'"
     return subprocess.run(
         [str(exe), "--builtin-schema", "vendor.compose-spec", str(path)],
-        capture_output=True, text=True, timeout=120)
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +119,8 @@ def interpolation_default(value: str, name: str) -> str | None:
 def nginx_binary() -> str:
     """nginx, or skip where it is absent; under CI (CI set) absence fails."""
     exe = shutil.which("nginx") or next(
-        (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(p, os.X_OK)), None)
+        (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(p, os.X_OK)), None
+    )
     if exe is None:
         if os.environ.get("CI"):
             pytest.fail("nginx is not installed (apt-get install -y nginx) and CI is set")
@@ -116,7 +136,8 @@ def free_port() -> int:
 
 def render_native(rundir: Path, port_a: int, port_b: int, lb_port: int) -> Path:
     text = string.Template(NGINX_TEMPLATE.read_text()).safe_substitute(
-        PORT_A=port_a, PORT_B=port_b, LB_PORT=lb_port, RUNDIR=str(rundir))
+        PORT_A=port_a, PORT_B=port_b, LB_PORT=lb_port, RUNDIR=str(rundir)
+    )
     conf = rundir / "nginx.conf"
     conf.write_text(text)
     return conf
@@ -125,10 +146,14 @@ def render_native(rundir: Path, port_a: int, port_b: int, lb_port: int) -> Path:
 def nginx_test(exe: str, conf: Path, prefix: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [exe, "-t", "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")],
-        capture_output=True, text=True, timeout=30)
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
 
 
 # --- (a) the Compose specification's schema ------------------------------------
+
 
 def test_compose_file_matches_the_compose_schema():
     result = check_jsonschema(COMPOSE)
@@ -152,16 +177,18 @@ def test_schema_check_rejects_a_broken_compose_file(compose, tmp_path, mutation)
 
 # --- (b) the topology ----------------------------------------------------------
 
+
 def test_the_services_and_their_images(compose):
     svc = services(compose)
-    assert set(svc) == {"rabbitmq", "redis", "server-a", "server-b", "worker", "lb"}
+    assert set(svc) == {"rabbitmq", "redis", "server-a", "server-b", "worker", "lb", "jupyter"}
     assert svc["rabbitmq"]["image"] == "rabbitmq:3.10-management"
     assert svc["redis"]["image"] == "redis:7"
     assert svc["lb"]["image"] == "nginx:1.25"
     for name, service in svc.items():
         # The schema allows a service with neither; Compose would refuse it.
         assert "image" in service or "build" in service, name
-    for name in (*SERVERS, "worker"):
+    for name in (*SERVERS, "worker", "jupyter"):
+        assert svc[name]["image"] == "notifylab:latest", name  # one image for all
         build = svc[name]["build"]
         context = build if isinstance(build, str) else build.get("context", ".")
         dockerfile = "Dockerfile" if isinstance(build, str) else build.get("dockerfile", "Dockerfile")
@@ -183,16 +210,15 @@ def test_whoever_uses_rabbitmq_or_redis_waits_for_them_healthy(compose):
         env = env_of(service)
         deps = depends_on(service)
         for backend, variable in BACKENDS.items():
-            uses = variable in env or any(
-                urlsplit(v).hostname == backend for v in env.values() if "://" in v)
+            uses = variable in env or any(urlsplit(v).hostname == backend for v in env.values() if "://" in v)
             if uses:
                 users.add(name)
                 assert deps.get(backend) == "service_healthy", (name, backend, deps)
-    assert users >= {*SERVERS, "worker"}
+    assert users >= {*SERVERS, "worker", "jupyter"}
 
 
 def test_urls_point_at_the_compose_services(compose):
-    for name in (*SERVERS, "worker"):
+    for name in (*SERVERS, "worker", "jupyter"):
         env = env_of(services(compose)[name])
         broker = urlsplit(env["NOTIFYLAB_BROKER_URL"])
         redis = urlsplit(env["NOTIFYLAB_REDIS_URL"])
@@ -239,13 +265,124 @@ def test_lb_fronts_both_servers(compose):
     assert NGINX_CONF.exists()
 
 
+def mounts(service: dict) -> dict[str, tuple[str, str]]:
+    """container path -> (host path, mode), from the short volume syntax."""
+    found = {}
+    for volume in service.get("volumes", []):
+        host, container, *mode = str(volume).split(":")
+        found[container] = (host, mode[0] if mode else "rw")
+    return found
+
+
+def test_jupyter_service_runs_the_kit_on_the_notebooks(compose):
+    svc = services(compose)
+    jupyter = svc["jupyter"]
+    cmd = command_of(jupyter)
+    assert cmd[:4] == ["python", "-m", "notifylab", "kit"], cmd
+    # The kit's folder is /app: the notebooks and the kit's Jupyter config are
+    # the repository's, mounted (the image has neither); the config read-only.
+    assert flag(cmd, "--kit-dir") == "/app"
+    volumes = mounts(jupyter)
+    assert volumes["/app/notebooks"] == ("./notebooks", "rw"), volumes
+    assert volumes["/app/jupyter"] == ("./jupyter", "ro"), volumes
+    assert (ROOT / "jupyter" / "jupyter_server_config.py").exists()
+    # Every interface inside the container, published on the host's loopback only.
+    assert flag(cmd, "--jupyter-ip") == "0.0.0.0"
+    assert "--no-browser" in cmd
+    port = flag(cmd, "--jupyter-port")
+    assert [str(p) for p in jupyter["ports"]] == [f"127.0.0.1:{port}:{port}"]
+    # Its instances join the compose cluster: their names must not clash with
+    # server-a's and server-b's (a name names the instance's queue), and the
+    # compose workers run the operations.
+    ids = flag(cmd, "--instance-ids").split(",")
+    ports = flag(cmd, "--ports").split(",")
+    assert len(ids) == len(ports) == len(set(ids)) == 2, (ids, ports)
+    server_ids = {flag(command_of(svc[s]), "--instance-id") for s in SERVERS}
+    assert not set(ids) & server_ids, (ids, server_ids)
+    assert flag(cmd, "--workers") == "0"
+    # The same secret as the servers: a session cookie works on every instance.
+    env = env_of(jupyter)
+    assert env["NOTIFYLAB_SECRET"] == env_of(svc["server-a"])["NOTIFYLAB_SECRET"]
+    assert "NOTIFYLAB_PREFIX" not in env and "NOTIFYLAB_PREFIX" not in env_of(svc["server-a"])
+    assert env.get("HOME", "").startswith("/tmp")  # the image's user has no home
+    assert all(depends_on(jupyter).get(s) == "service_healthy" for s in SERVERS)
+
+
+async def test_jupyter_service_command_joins_the_cluster_natively(compose, make_lab, clients, tmp_path):
+    """The jupyter service's own command, run here: server-a, server-b and a
+    worker are a lab cluster; the compose URLs point at this machine's RabbitMQ
+    and Redis; /app is the repository (what the volumes mount there)."""
+    from support import BROKER, REDIS, servers
+    from test_kit import URL, Kit, port_free
+
+    lab = await make_lab(servers=2, workers=1)  # instances a and b, as server-a and server-b
+    jupyter = services(compose)["jupyter"]
+    cmd = command_of(jupyter)
+    ports = [str(free_port()), str(free_port())]
+    jupyter_port = str(free_port())
+    replace = {
+        "/app": str(ROOT),
+        "0.0.0.0": "127.0.0.1",
+        flag(cmd, "--ports"): ",".join(ports),
+        flag(cmd, "--jupyter-port"): jupyter_port,
+    }
+    args = [replace.get(arg, arg) for arg in cmd[4:]]
+    env = env_of(jupyter)
+    env.update(
+        NOTIFYLAB_BROKER_URL=BROKER,
+        NOTIFYLAB_REDIS_URL=REDIS,
+        HOME=str(tmp_path),
+        NOTIFYLAB_SECRET=interpolation_default(env["NOTIFYLAB_SECRET"], "NOTIFYLAB_SECRET"),
+        NOTIFYLAB_LOG_LEVEL="INFO",
+        NOTIFYLAB_PREFIX=lab.env["NOTIFYLAB_PREFIX"],
+        # What the Dockerfile sets: the kit must still keep its instances on loopback.
+        NOTIFYLAB_HOST="0.0.0.0",
+        NOTIFYLAB_PORT="8080",
+    )
+    kit = Kit(*args, env=env)
+    try:
+        await kit.start()
+        m = await kit.wait_for(URL, 120)
+        assert m.group(2) == jupyter_port
+        ids = flag(cmd, "--instance-ids").split(",")
+        mine = [f"http://127.0.0.1:{p}" for p in ports]
+        for url, instance in zip(mine, ids, strict=True):
+            async with aiohttp.ClientSession() as http, http.get(f"{url}/healthz") as r:
+                health = await r.json()
+            assert health["instance"] == instance and health["prefix"] == lab.env["NOTIFYLAB_PREFIX"]
+        async with aiohttp.ClientSession() as http:
+            headers = {"Authorization": f"token {m.group(3)}"}
+            async with http.get(f"{m.group(1)}/notifylab/api/kinds", headers=headers) as r:
+                assert r.status == 200 and (await r.json())["kinds"]
+
+        # One user: a session on the jupyter service's instance, another on
+        # server-a. An operation started from the first runs on the other
+        # cluster's worker, and both sessions see it through.
+        on_jupyter = await clients(mine[0])
+        on_server_a = await clients(servers(lab)[0], user=on_jupyter.user)
+        assert on_jupyter.instance == ids[0] and on_server_a.instance == "a"
+        op = await on_jupyter.start("report", steps=3, step_seconds=0.05)
+        for session in (on_jupyter, on_server_a):
+            final = await session.wait_operation(op["id"], 30)
+            assert final["type"] == "operation.succeeded"
+            assert session.duplicates == 0
+
+        kit.descendants()
+        kit.process.send_signal(signal.SIGINT)
+        assert await kit.wait_exit() == 0
+        assert await kit.alive_after() == []
+        assert all(port_free(int(p)) for p in (*ports, jupyter_port))
+    finally:
+        await kit.cleanup()
+
+
 def test_only_known_settings_are_used():
     # Raw text: catches names in ${...} interpolations and comments too, and
     # the Dockerfile's ENV lines.
     for path in (COMPOSE, DOCKERFILE):
         used = set(re.findall(r"NOTIFYLAB_[A-Z0-9_]+", path.read_text()))
         assert used, path
-        assert used <= KNOWN_SETTINGS, (path.name, sorted(used - KNOWN_SETTINGS))
+        assert used <= KNOWN_SETTINGS | KIT_SETTINGS, (path.name, sorted(used - KNOWN_SETTINGS))
 
 
 def test_dockerfile_shape():
@@ -254,7 +391,8 @@ def test_dockerfile_shape():
     assert froms[-1] == "python:3.11-slim", froms
     assert any(f.startswith("node:") for f in froms[:-1]), froms
     assert "npm ci" in text and "npm run build" in text
-    assert re.search(r"pip install \.(\s|$)", text)
+    # The package, with or without extras (the jupyter service needs ".[kit]").
+    assert re.search(r"""pip install ["']?\.(\[[\w,-]+\])?["']?(\s|$)""", text, re.M)
     assert re.search(r'^CMD \["python", "-m", "notifylab", "serve"\]', text, re.M)
     assert (ROOT / "pyproject.toml").exists()
 
@@ -278,6 +416,7 @@ def test_nginx_configs_balance_and_stick_socketio():
 
 # --- (c) nginx accepts the configs ----------------------------------------------
 
+
 def test_nginx_accepts_the_native_template(tmp_path):
     exe = nginx_binary()
     conf = render_native(tmp_path, free_port(), free_port(), free_port())
@@ -300,8 +439,13 @@ class _Backend(http.server.BaseHTTPRequestHandler):
     """Answers with its own name and the headers it was sent."""
 
     def do_GET(self):
-        body = json.dumps({"name": self.server.name, "path": self.path,
-                           "headers": {k.lower(): v for k, v in self.headers.items()}}).encode()
+        body = json.dumps(
+            {
+                "name": self.server.name,
+                "path": self.path,
+                "headers": {k.lower(): v for k, v in self.headers.items()},
+            }
+        ).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -325,8 +469,20 @@ def test_native_lb_sticks_spreads_and_passes_websocket_headers(tmp_path):
     conf = render_native(tmp_path, backends[0].server_address[1], backends[1].server_address[1], lb_port)
     with open(tmp_path / "nginx.out", "w") as out:
         proc = subprocess.Popen(
-            [exe, "-p", str(tmp_path), "-c", str(conf), "-e", str(tmp_path / "error.log"),
-             "-g", "daemon off;"], stdout=out, stderr=subprocess.STDOUT)
+            [
+                exe,
+                "-p",
+                str(tmp_path),
+                "-c",
+                str(conf),
+                "-e",
+                str(tmp_path / "error.log"),
+                "-g",
+                "daemon off;",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         deadline = time.monotonic() + 10
         while True:
@@ -355,8 +511,9 @@ def test_native_lb_sticks_spreads_and_passes_websocket_headers(tmp_path):
             placed[i] = first
         assert set(placed.values()) == {"a", "b"}, placed
         # The WebSocket upgrade headers reach the instance, and where the client came from.
-        seen = get("/socket.io/?EIO=4&transport=websocket",
-                   {"Upgrade": "websocket", "Connection": "Upgrade"})["headers"]
+        seen = get(
+            "/socket.io/?EIO=4&transport=websocket", {"Upgrade": "websocket", "Connection": "Upgrade"}
+        )["headers"]
         assert seen["upgrade"] == "websocket"
         assert seen["connection"].lower() == "upgrade"
         assert seen["x-forwarded-for"] == "127.0.0.1"
