@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: up test setup kit-deps services build system-deps test-python test-frontend bench clean
+.PHONY: up test check setup kit-deps services build system-deps test-python test-frontend test-notebooks \
+	bench lock clean
 
 # The kit: two instances and a worker, and JupyterLab on notebooks/ beside them
 # (the React client in a tab next to the notebook). It prints the URL to open,
@@ -11,23 +12,37 @@ BIN := $(VENV)/bin
 up: setup kit-deps services  ## set up, then run the cluster and JupyterLab (Ctrl-C stops them)
 	$(BIN)/notifylab kit
 
+# Every test: the React client's, then pytest (real RabbitMQ, Redis, server
+# processes and Chromium), then every lesson under nbval.
 test: setup kit-deps services system-deps  ## set up, then run every test
-	$(MAKE) test-frontend test-python
+	$(MAKE) test-frontend test-python test-notebooks
+
+# Lint, format and types (CI runs it before the tests).
+check: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 setup: $(VENV)/.installed build
 
-$(VENV)/.installed: pyproject.toml
+# constraints.txt holds the versions CI last passed with (make lock), so a
+# fresh machine next month installs those, not whatever is newest then.
+$(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,memory]'
 	touch $@
 
 # The kit's extras (JupyterLab, ipywidgets, jupyter-server-proxy, nbval, ...).
 kit-deps: $(VENV)/.kit-installed
 
-$(VENV)/.kit-installed: $(VENV)/.installed pyproject.toml
-	$(BIN)/pip install --quiet -e '.[dev,kit]'
+$(VENV)/.kit-installed: $(VENV)/.installed pyproject.toml constraints.txt
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,memory,kit]'
 	touch $@
+
+# Write constraints.txt from the environment the tests just passed in.
+lock: kit-deps
+	$(BIN)/pip freeze --exclude-editable | grep -v '^notifylab' > constraints.txt
 
 build: frontend/dist/index.html
 
@@ -49,6 +64,15 @@ test-python:
 
 test-frontend:
 	cd frontend && npm test
+
+# Each lesson runs top to bottom in a fresh kernel, three at a time, each
+# notebook kept whole on one worker (--dist loadfile). NOTIFYLAB_KIT_ISOLATE
+# gives every lesson a private cluster so parallel lessons never clash, and
+# NOTIFYLAB_LESSON_SESSIONS keeps lesson 08's load small.
+test-notebooks:
+	NOTIFYLAB_KIT_ISOLATE=1 NOTIFYLAB_LESSON_SESSIONS=20 $(BIN)/python -m pytest -o addopts= \
+		-p no:cacheprovider -p no:asyncio --nbval-lax --nbval-current-env --nbval-cell-timeout=180 \
+		-n 3 --dist loadfile notebooks/
 
 bench: setup services  ## topic routing against fanout, in figures
 	$(BIN)/python benchmarks/routing.py
