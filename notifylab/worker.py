@@ -5,6 +5,11 @@ user's inbox stream in one Redis transaction (``store/operations.py``),
 then publishes the notification (``bus/managers.py``). The job is acked only when the
 operation has ended, so a killed worker's job goes to another worker, which
 carries on from the last recorded step and says that it restarted.
+
+Fairness between users is not decided here: the jobs queue is a priority
+queue, and a job's priority, set when it is queued, is higher the fewer active
+operations its user had (see ``bus/jobs.py``). So a worker simply runs what it
+is given; no job is ever put back, or counted as an attempt, for fairness.
 """
 
 from __future__ import annotations

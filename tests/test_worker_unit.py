@@ -7,13 +7,16 @@ workers killed and RabbitMQ and Redis restarted.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 
 from fakes import SETTINGS, fake_redis, make_operations
+from notifylab.bus import jobs
 from notifylab.bus.jobs import MemoryJobs, Outcome
+from notifylab.errors import TooManyRequests
 from notifylab.store.operations import TRANSITIONS, Operations, TransitionRefused
 from notifylab.worker import Worker
 
@@ -137,3 +140,75 @@ async def test_each_transition_is_allowed_from_exactly_its_states(type_, state):
         with pytest.raises(TransitionRefused):
             await operations.transition(op.id, type_)
         assert (await operations.get(op.id)).state == state  # untouched
+
+
+# -- quotas and fairness (issue 8, finding 6; test_quotas.py proves them end to end) --
+
+
+def test_a_users_first_job_has_the_top_priority_and_each_one_ahead_lowers_it():
+    top = jobs.PRIORITIES - 1
+    assert [jobs.job_priority(ahead) for ahead in range(top + 3)] == [*range(top, -1, -1), 0, 0]
+    assert jobs.job_priority(-1) == top  # counted after the operation already ended
+
+
+async def test_jobs_run_round_robin_between_users_and_a_retry_keeps_its_place():
+    queue = MemoryJobs(SETTINGS)
+    # ann queued three at once, then bob two and cid one: each got the priority of its place.
+    for name, ahead in [("ann1", 0), ("ann2", 1), ("ann3", 2), ("bob1", 0), ("bob2", 1), ("cid1", 0)]:
+        await queue.publish({"operation": name}, priority=jobs.job_priority(ahead))
+    ran: list[str] = []
+    all_ran = asyncio.Event()
+
+    async def handler(job: dict) -> Outcome:
+        ran.append(job["operation"])
+        if ran == ["ann1", "bob1"]:
+            return Outcome.RETRY  # e.g. Redis was away
+        if len(ran) == 7:
+            all_ran.set()
+        return Outcome.DONE
+
+    await queue.consume(handler, 1)
+    try:
+        await asyncio.wait_for(all_ran.wait(), 5)
+    finally:
+        await queue.close()
+    assert ran == ["ann1", "bob1", "bob1", "cid1", "ann2", "bob2", "ann3"]
+
+
+async def test_create_refuses_one_more_than_the_cap_per_user_and_records_nothing():
+    operations = make_operations(fake_redis())
+    cap = SETTINGS.max_active_operations
+    for _ in range(cap):
+        await operations.create("ann", "report", PARAMS)
+    with pytest.raises(TooManyRequests) as refused:
+        await operations.create("ann", "report", PARAMS)
+    assert refused.value.status == 429
+    assert str(refused.value) == f"at most {cap} active operations; wait for one to end or cancel one"
+    assert len(await operations.of_user("ann")) == cap
+    await operations.create("bob", "report", PARAMS)  # a cap per user, not for everyone
+
+
+@pytest.mark.parametrize("end", ["operation.succeeded", "operation.failed", "operation.cancelled"])
+async def test_an_operation_that_ends_frees_its_slot_and_a_restart_does_not(end):
+    operations = make_operations(fake_redis())
+    ops = [
+        (await operations.create("ann", "report", PARAMS))[0] for _ in range(SETTINGS.max_active_operations)
+    ]
+    await operations.transition(ops[0].id, "operation.started", attempts=1)
+    await operations.transition(ops[0].id, "operation.restarted", attempts=2)
+    with pytest.raises(TooManyRequests):  # restarted is still active
+        await operations.create("ann", "report", PARAMS)
+    await operations.transition(ops[0].id, end)
+    await operations.create("ann", "report", PARAMS)
+    assert await operations.active_count("ann") == SETTINGS.max_active_operations
+
+
+async def test_concurrent_creates_for_one_user_never_pass_the_cap():
+    redis = fake_redis()
+    instances = [make_operations(redis), make_operations(redis)]  # two servers, one Redis
+    cap = SETTINGS.max_active_operations
+    results = await asyncio.gather(
+        *(instances[i % 2].create("ann", "report", PARAMS) for i in range(2 * cap)), return_exceptions=True
+    )
+    assert sum(isinstance(r, TooManyRequests) for r in results) == cap
+    assert len(await instances[0].of_user("ann")) == cap == await instances[1].active_count("ann")

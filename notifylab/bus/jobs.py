@@ -4,13 +4,38 @@ On RabbitMQ: a durable queue of persistent messages, published with
 confirms. A worker acks a job only when its operation has ended, so a worker
 that dies mid-job hands the job back and another worker runs it. A job its
 worker gives up on is rejected into the dead-letter queue, where it stays
-for inspection. In the embedded mode an asyncio queue stands in for it.
+for inspection. In the embedded mode an asyncio priority queue stands in for it.
+
+Fairness between users. A worker takes jobs in queue order, so one user who
+queues many operations at once would hold every worker slot until their
+backlog is done, and another user's one-step operation would wait behind all
+of it. So the queue is a priority queue (``x-max-priority``), and a job's
+priority says how many active operations its user already had when it was
+queued (:func:`job_priority`): a user's first operation goes ahead of
+everybody's second, their second ahead of everybody's third, and so on (from
+the tenth on, all share the lowest level). A backlog then runs round-robin
+between its users, and a newcomer waits only for the next free slot, not for
+the backlog; with the per-user cap (``max_active_operations``) the backlog
+itself is bounded too.
+
+Why a priority and not a rule in the workers (say, "put back a job whose user
+already runs more than a fair share"): RabbitMQ keeps the order itself, so no
+worker needs to know how many slots all workers have or who else is waiting,
+and no job is ever put back (a requeue returns to the head of the queue, so
+"to the back" would mean publishing a copy: a duplicate if the worker dies in
+between). The message is the same message all the way (a requeue keeps its
+priority, a dead letter too), so acks at the end, fencing by attempt and the
+retry limit work as before. What it does not do is stop a running operation:
+the newcomer gets the next slot that frees. And a user's own operations may
+start out of creation order when a newer one was queued while fewer of theirs
+were active.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
+import itertools
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -22,6 +47,14 @@ from ..config import Settings
 from .broker import close_broker, connect_broker, publish_confirmed
 
 log = logging.getLogger(__name__)
+
+PRIORITIES = 10  # priority levels of the jobs queue; RabbitMQ advises at most 10
+
+
+def job_priority(ahead: int) -> int:
+    """The priority of a job whose user has ``ahead`` other active operations:
+    ``PRIORITIES - 1`` for a user's only one, one less for each one ahead, never below 0."""
+    return PRIORITIES - 1 - min(max(ahead, 0), PRIORITIES - 1)
 
 
 class Outcome(enum.Enum):
@@ -47,11 +80,22 @@ class RabbitJobs:
         self._connection = await connect_broker(self.settings.broker_url)
         self._channel = await self._connection.channel()  # confirms on
         await self._channel.declare_queue(self.settings.dead_queue, durable=True)
-        self._queue = await self._channel.declare_queue(
-            self.settings.jobs_queue,
-            durable=True,
-            arguments={"x-dead-letter-exchange": "", "x-dead-letter-routing-key": self.settings.dead_queue},
-        )
+        arguments = {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": self.settings.dead_queue}
+        name = self.settings.jobs_queue
+        try:
+            self._queue = await self._channel.declare_queue(
+                name, durable=True, arguments={**arguments, "x-max-priority": PRIORITIES}
+            )
+        except aio_pika.exceptions.ChannelPreconditionFailed:
+            # An older notifylab declared it without priorities, and RabbitMQ cannot change a
+            # queue's arguments: keep it (it may hold jobs) and run first come, first served.
+            log.warning(
+                "queue %s has no priorities (declared by an older notifylab): jobs run in arrival "
+                "order, not fairly between users, until it is deleted while empty",
+                name,
+            )
+            self._channel = await self._connection.channel()  # the failed declare closed the other
+            self._queue = await self._channel.declare_queue(name, durable=True, arguments=arguments)
 
     @property
     def connected(self) -> bool:
@@ -59,19 +103,23 @@ class RabbitJobs:
         connection = self._connection
         return connection is not None and not connection.is_closed and connection.connected.is_set()
 
-    async def publish(self, job: dict) -> None:
-        """Queue ``job``; returns once RabbitMQ has confirmed it."""
+    async def publish(self, job: dict, priority: int = 0) -> None:
+        """Queue ``job`` (ahead of jobs of a lower ``priority``, see
+        :func:`job_priority`); returns once RabbitMQ has confirmed it."""
         assert self._channel is not None, "start() first"
         message = aio_pika.Message(
             json.dumps(job).encode(),
             content_type="application/json",
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            priority=priority,
         )
         await publish_confirmed(self._channel.default_exchange, message, self.settings.jobs_queue)
 
     async def consume(self, handler: Handler, concurrency: int) -> None:
         """Run ``handler`` on jobs, at most ``concurrency`` at once."""
         assert self._channel is not None and self._queue is not None, "start() first"
+        # Prefetch = concurrency: a worker holds no job it is not running, so the ones
+        # waiting stay in the queue, where RabbitMQ orders them by priority.
         await self._channel.set_qos(prefetch_count=concurrency)
 
         async def on_message(message: AbstractIncomingMessage) -> None:
@@ -99,11 +147,13 @@ class RabbitJobs:
 
 
 class MemoryJobs:
-    """The same interface over an asyncio queue (embedded mode)."""
+    """The same interface over an asyncio priority queue (embedded mode)."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.queue: asyncio.Queue[dict] = asyncio.Queue()
+        # (-priority, arrival, job): the highest priority first, in arrival order.
+        self.queue: asyncio.PriorityQueue[tuple[int, int, dict]] = asyncio.PriorityQueue()
+        self._arrivals = itertools.count()
         self._tasks: list[asyncio.Task] = []
 
     connected = True  # nothing to lose a connection to
@@ -111,16 +161,16 @@ class MemoryJobs:
     async def start(self) -> None:
         pass
 
-    async def publish(self, job: dict) -> None:
-        await self.queue.put(job)
+    async def publish(self, job: dict, priority: int = 0) -> None:
+        await self.queue.put((-priority, next(self._arrivals), job))
 
     async def consume(self, handler: Handler, concurrency: int) -> None:
         async def run() -> None:
             while True:
-                job = await self.queue.get()
-                outcome = await handler(job)
-                if outcome is Outcome.RETRY:
-                    await self.queue.put(job)
+                entry = await self.queue.get()
+                outcome = await handler(entry[2])
+                if outcome is Outcome.RETRY:  # back in its place, as RabbitMQ requeues it
+                    await self.queue.put(entry)
                 # DEAD: the embedded mode has no dead-letter queue; the
                 # operation's record already says it failed.
 

@@ -13,7 +13,7 @@ import time
 import socketio
 from redis.asyncio import Redis
 
-from ..bus.jobs import Jobs, make_jobs
+from ..bus.jobs import Jobs, job_priority, make_jobs
 from ..bus.managers import publish_notification
 from ..config import Settings
 from ..errors import BadRequest, Conflict, NotFound
@@ -79,12 +79,16 @@ class Services:
     # -- operations ---------------------------------------------------------
 
     async def start_operation(self, user: str, kind: object, params: object) -> Operation:
-        """Validate, record, notify and queue a new operation."""
+        """Validate, record, notify and queue a new operation. TooManyRequests
+        (429) if the user already has ``max_active_operations`` active ones."""
         checked = get_kind(kind).validate(params)
         op, note = await self.operations.create(user, str(kind), checked)
         await publish_notification(self.sio, note)
+        # Fewer active operations of this user, sooner a worker takes it: see bus/jobs.py.
+        # A hint, so a count a moment old is good enough.
+        ahead = await self.operations.active_count(user) - 1
         try:
-            await self.jobs.publish({"operation": op.id})
+            await self.jobs.publish({"operation": op.id}, priority=job_priority(ahead))
         except Exception as exc:  # the broker stayed away: say so, do not leave it "queued"
             log.error("could not queue operation %s: %s", op.id, exc)
             op, note = await self.operations.transition(

@@ -5,6 +5,12 @@ tells the user about a change are written in ONE Redis transaction, under an
 optimistic lock on the record: the server (queue, cancel) and the workers
 (start, progress, end) race on the same operation, and whoever moves it first
 wins; the loser sees a refused transition instead of writing over it.
+
+Each user's active operations (queued, running, restarted) are also kept as a
+set of ids, ``<prefix>:active:<user>``, changed in the same transactions that
+create and end an operation. ``create`` reads its size under ``WATCH``, so
+two instances starting operations for one user at once cannot both take the
+last free slot: one transaction fails, retries, and sees the cap.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from redis.asyncio import Redis
 from redis.exceptions import WatchError
 
 from ..config import Settings
+from ..errors import TooManyRequests
 from ..ids import now_ms
 from ..protocol import BusNotification
 from .inbox import Inbox
@@ -90,6 +97,9 @@ class Operations:
     def _user_key(self, user: str) -> str:
         return self.settings.key("ops", user)
 
+    def _active_key(self, user: str) -> str:
+        return self.settings.key("active", user)
+
     async def get(self, op_id: object) -> Operation | None:
         if not isinstance(op_id, str) or not op_id.isalnum() or len(op_id) > 40:
             return None
@@ -99,6 +109,10 @@ class Operations:
     async def state(self, op_id: str) -> str | None:
         return await self.redis.hget(self._key(op_id), "state")
 
+    async def active_count(self, user: str) -> int:
+        """How many of the user's operations are queued, running or restarted."""
+        return await self.redis.scard(self._active_key(user))
+
     async def of_user(self, user: str, limit: int = 50) -> list[Operation]:
         """The user's operations, newest first."""
         ids = await self.redis.zrevrange(self._user_key(user), 0, limit - 1)
@@ -106,17 +120,35 @@ class Operations:
         return [op for op in ops if op is not None]
 
     async def create(self, user: str, kind: str, params: dict) -> tuple[Operation, BusNotification]:
-        """Record a new queued operation; returns it and its 'queued' notification."""
+        """Record a new queued operation; returns it and its 'queued' notification.
+
+        Raises TooManyRequests if the user already has ``max_active_operations``
+        active operations."""
+        cap = self.settings.max_active_operations
         op = Operation(
             secrets.token_hex(8), user, kind, params, steps=params["steps"], message="Waiting for a worker"
         )
+        active = self._active_key(user)
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(self._key(op.id), mapping=op.to_redis())
-            pipe.zadd(self._user_key(user), {op.id: op.created})
-            note = _notification("operation.queued", op)
-            self.inbox.queue_append(pipe, user, note)
-            results = await pipe.execute()
-        return op, self.inbox.appended(results, note)
+            while True:
+                try:
+                    # Watched: if another instance adds or ends one of this user's operations
+                    # between the count and the write, EXEC fails and we count again.
+                    await pipe.watch(active)
+                    if await pipe.scard(active) >= cap:
+                        raise TooManyRequests(
+                            f"at most {cap} active operations; wait for one to end or cancel one"
+                        )
+                    pipe.multi()
+                    pipe.hset(self._key(op.id), mapping=op.to_redis())
+                    pipe.zadd(self._user_key(user), {op.id: op.created})
+                    pipe.sadd(active, op.id)
+                    note = _notification("operation.queued", op)
+                    self.inbox.queue_append(pipe, user, note)
+                    results = await pipe.execute()
+                    return op, self.inbox.appended(results, note)
+                except WatchError:
+                    continue
 
     async def transition(
         self, op_id: str, type_: str, attempt: int | None = None, **changes
@@ -148,6 +180,8 @@ class Operations:
                     op.state, op.updated = new_state, now_ms()
                     pipe.multi()
                     pipe.hset(key, mapping=op.to_redis())
+                    if new_state in TERMINAL:  # its slot is free from the same moment
+                        pipe.srem(self._active_key(op.user), op.id)
                     note = _notification(type_, op)
                     self.inbox.queue_append(pipe, op.user, note)
                     return op, self.inbox.appended(await pipe.execute(), note)
