@@ -69,6 +69,9 @@ class Settings:
     # redis_pool_wait seconds) instead of failing: a reconnect storm or a busy
     # worker slows down rather than losing work. A worker's pool is never
     # smaller than its concurrency needs (see store/connect.py).
+    # The key other backend services present to POST /api/publish (as
+    # "Authorization: Bearer <key>"). Empty: the publish API is off.
+    api_key: str = field(default="", repr=False)
     redis_pool_size: int = 64
     redis_pool_wait: int = 20
 
@@ -93,6 +96,7 @@ class Settings:
         "hash_concurrency": "NOTIFYLAB_HASH_CONCURRENCY",
         "max_active_operations": "NOTIFYLAB_MAX_ACTIVE_OPERATIONS",
         "session_check_seconds": "NOTIFYLAB_SESSION_CHECK_SECONDS",
+        "api_key": "NOTIFYLAB_API_KEY",
         "redis_pool_size": "NOTIFYLAB_REDIS_POOL_SIZE",
         "redis_pool_wait": "NOTIFYLAB_REDIS_POOL_WAIT",
     }
