@@ -25,7 +25,10 @@ WORKDIR /app
 # readme), so that editing notebooks or tests does not rebuild this layer.
 COPY pyproject.toml README.md ./
 COPY notifylab/ ./notifylab/
-RUN pip install ".[kit]"
+# Editable, so the package stays in /app beside docs/ (the instances serve
+# docs/openapi.yaml at /api/openapi.yaml) and frontend/dist.
+RUN pip install -e ".[kit]"
+COPY docs/openapi.yaml ./docs/openapi.yaml
 
 # The package is installed into site-packages, away from /app, so its default
 # static directory (next to the source tree) does not exist here: point it at

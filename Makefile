@@ -71,7 +71,7 @@ test-frontend:
 # NOTIFYLAB_LESSON_SESSIONS keeps lesson 08's load small.
 test-notebooks:
 	NOTIFYLAB_KIT_ISOLATE=1 NOTIFYLAB_LESSON_SESSIONS=20 $(BIN)/python -m pytest -o addopts= \
-		-p no:cacheprovider -p no:asyncio --nbval-lax --nbval-current-env --nbval-cell-timeout=180 \
+		-p no:cacheprovider --nbval-lax --nbval-current-env --nbval-cell-timeout=180 \
 		-n 3 --dist loadfile notebooks/
 
 bench: setup services  ## topic routing against fanout, in figures

@@ -8,6 +8,7 @@ package reads ``os.environ``: pass a :class:`Settings` down instead.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import socket
 from collections.abc import Mapping
@@ -61,6 +62,10 @@ class Settings:
     # Origins allowed to make cookie-authenticated requests besides the
     # instance's own (comma-separated; e.g. the load balancer's public URL).
     allowed_origins: str = ""
+    # Proxies whose X-Forwarded-For is believed when counting failed logins
+    # per address (comma-separated addresses or networks: nginx's own
+    # address, not a whole subnet other clients also come from).
+    trusted_proxies: str = ""
     login_attempts: int = 5  # failed logins per username or address before backoff
     hash_concurrency: int = 2  # Argon2 hashes in flight per instance (CPU-bound)
     max_active_operations: int = 10  # per user: queued or running at once
@@ -92,6 +97,7 @@ class Settings:
         "cookie_secure": "NOTIFYLAB_COOKIE_SECURE",
         "inbox_max": "NOTIFYLAB_INBOX_MAX",
         "allowed_origins": "NOTIFYLAB_ALLOWED_ORIGINS",
+        "trusted_proxies": "NOTIFYLAB_TRUSTED_PROXIES",
         "login_attempts": "NOTIFYLAB_LOGIN_ATTEMPTS",
         "hash_concurrency": "NOTIFYLAB_HASH_CONCURRENCY",
         "max_active_operations": "NOTIFYLAB_MAX_ACTIVE_OPERATIONS",
@@ -131,11 +137,25 @@ class Settings:
         # Frozen dataclasses need object.__setattr__ for derived defaults.
         if not self.instance_id:
             object.__setattr__(self, "instance_id", f"{socket.gethostname()}-{self.port}")
+        self.proxies  # noqa: B018 (validates NOTIFYLAB_TRUSTED_PROXIES now, not at the first login)
 
     @property
     def origins(self) -> tuple[str, ...]:
         """``allowed_origins`` as a tuple, without trailing slashes."""
         return tuple(o.strip().rstrip("/") for o in self.allowed_origins.split(",") if o.strip())
+
+    @property
+    def proxies(self) -> tuple[str, ...]:
+        """``trusted_proxies`` as a tuple; a bad entry fails at start-up."""
+        found = tuple(p.strip() for p in self.trusted_proxies.split(",") if p.strip())
+        for proxy in found:
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError:
+                raise ConfigError(
+                    f"NOTIFYLAB_TRUSTED_PROXIES: {proxy!r} is not an address or network"
+                ) from None
+        return found
 
     @property
     def memory(self) -> bool:

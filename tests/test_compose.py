@@ -32,29 +32,16 @@ import aiohttp
 import pytest
 import yaml
 
+from notifylab.config import Settings
+
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 NGINX_CONF = ROOT / "deploy" / "nginx.conf"
 NGINX_TEMPLATE = ROOT / "deploy" / "nginx.native.conf.template"
 
-# Every NOTIFYLAB_* setting the package reads (notifylab/config.py).
-KNOWN_SETTINGS = {
-    "NOTIFYLAB_BROKER_URL",
-    "NOTIFYLAB_REDIS_URL",
-    "NOTIFYLAB_HOST",
-    "NOTIFYLAB_PORT",
-    "NOTIFYLAB_INSTANCE_ID",
-    "NOTIFYLAB_SECRET",
-    "NOTIFYLAB_ROUTING",
-    "NOTIFYLAB_PREFIX",
-    "NOTIFYLAB_STATIC_DIR",
-    "NOTIFYLAB_LOG_LEVEL",
-    "NOTIFYLAB_WORKER_CONCURRENCY",
-    "NOTIFYLAB_MAX_ATTEMPTS",
-    "NOTIFYLAB_SESSION_TTL",
-    "NOTIFYLAB_COOKIE_SECURE",
-}
+# Every NOTIFYLAB_* setting the package reads, from the one place it reads them.
+KNOWN_SETTINGS = set(Settings.ENV_NAMES.values())
 # Not the package's: `notifylab kit` sets it for the kernels, the notebooks read it.
 KIT_SETTINGS = {"NOTIFYLAB_KIT_PORTS"}
 SERVERS = ("server-a", "server-b")
@@ -327,12 +314,12 @@ async def test_jupyter_service_command_joins_the_cluster_natively(compose, make_
         flag(cmd, "--jupyter-port"): jupyter_port,
     }
     args = [replace.get(arg, arg) for arg in cmd[4:]]
-    env = env_of(jupyter)
+    # Each ${NAME:-default} as compose resolves it with nothing set in the shell.
+    env = {name: interpolation_default(value, name) or value for name, value in env_of(jupyter).items()}
     env.update(
         NOTIFYLAB_BROKER_URL=BROKER,
         NOTIFYLAB_REDIS_URL=REDIS,
         HOME=str(tmp_path),
-        NOTIFYLAB_SECRET=interpolation_default(env["NOTIFYLAB_SECRET"], "NOTIFYLAB_SECRET"),
         NOTIFYLAB_LOG_LEVEL="INFO",
         NOTIFYLAB_PREFIX=lab.env["NOTIFYLAB_PREFIX"],
         # What the Dockerfile sets: the kit must still keep its instances on loopback.
@@ -392,7 +379,7 @@ def test_dockerfile_shape():
     assert any(f.startswith("node:") for f in froms[:-1]), froms
     assert "npm ci" in text and "npm run build" in text
     # The package, with or without extras (the jupyter service needs ".[kit]").
-    assert re.search(r"""pip install ["']?\.(\[[\w,-]+\])?["']?(\s|$)""", text, re.M)
+    assert re.search(r"""pip install (-e )?["']?\.(\[[\w,-]+\])?["']?(\s|$)""", text, re.M)
     assert re.search(r'^CMD \["python", "-m", "notifylab", "serve"\]', text, re.M)
     assert (ROOT / "pyproject.toml").exists()
 

@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from aiohttp import web
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ..config import Settings
-from ..errors import BadRequest, NotFound, NotifylabError, Unauthorized
-from ..ids import is_id
+from ..config import PACKAGE_DIR, Settings
+from ..errors import BadRequest, NotFound, NotifylabError, ServiceUnavailable, TooManyRequests, Unauthorized
+from ..ids import parse_id
 from ..kinds import KINDS
-from ..protocol import COOKIE
+from ..protocol import COOKIE, Notification
 from ..store.sessions import Session
 from .metrics import CONTENT_TYPE_LATEST
 from .services import Services
@@ -27,35 +32,156 @@ SESSION = web.RequestKey("session", Session)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+OPENAPI = PACKAGE_DIR.parent / "docs" / "openapi.yaml"
+RETRY_AFTER_UNAVAILABLE = 2  # seconds, sent with every 503
+
+_UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# The types an HTML form or a no-cors fetch() may send cross-origin without
+# a CORS preflight: what a forged request can use.
+_FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data", "text/plain"})
+_LIMIT = re.compile(r"[0-9]{1,4}")
+_LAST_ID = (2**64 - 1, 2**64 - 1)  # the last stream id there can be
+
+
+class Forbidden(NotifylabError):
+    """A request a browser made on another site's behalf (CSRF)."""
+
+    status = 403
+
+
+class UnsupportedMediaType(NotifylabError):
+    status = 415
+
 
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every error leaves as ``{"error": ...}`` with its status; the
-    instance logs it and goes on serving everyone else."""
+    """Refuse forged requests (see :func:`guard`), then serve; every error
+    leaves as ``{"error": ...}`` with its status and one log line, and the
+    instance goes on serving everyone else."""
     try:
+        guard(request)
         return await handler(request)
     except NotifylabError as exc:
         log.info("%s %s -> %d %s", request.method, request.path, exc.status, exc.message)
-        return web.json_response(exc.as_dict(), status=exc.status)
+        response = web.json_response(exc.as_dict(), status=exc.status)
+        if isinstance(exc, TooManyRequests) and exc.retry_after is not None:
+            response.headers["Retry-After"] = str(exc.retry_after)
+        elif isinstance(exc, ServiceUnavailable):
+            response.headers["Retry-After"] = str(RETRY_AFTER_UNAVAILABLE)
+        return response
     except web.HTTPException as exc:
         if exc.status < 400 or not request.path.startswith("/api/"):
             raise
         log.info("%s %s -> %d", request.method, request.path, exc.status)
-        return web.json_response({"error": exc.reason}, status=exc.status)
+        allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None  # 405 must say
+        return web.json_response({"error": exc.reason}, status=exc.status, headers=allow)
+    except (RedisConnectionError, RedisTimeoutError) as exc:
+        log.warning("%s %s -> 503 Redis unreachable: %s", request.method, request.path, exc)
+        return web.json_response(
+            {"error": "the store is unreachable: retry in a moment"},
+            status=503,
+            headers={"Retry-After": str(RETRY_AFTER_UNAVAILABLE)},
+        )
     except Exception:
         log.exception("%s %s failed", request.method, request.path)
         return web.json_response({"error": "internal error"}, status=500)
+
+
+def guard(request: web.Request) -> None:
+    """Refuse a state-changing ``/api/`` request that a browser sent on behalf
+    of another site: ``Sec-Fetch-Site`` of ``cross-site`` or ``same-site``
+    (another port of the same host is same-site, and SameSite=Lax cookies
+    go along), or an ``Origin`` that is neither this instance's nor one of
+    ``settings.origins`` (403); and a body that is not ``application/json``
+    (415), which no form and no fetch() without a CORS preflight can send.
+
+    ``Sec-Fetch-Site: same-origin`` is the browser's own word that the page
+    is on the origin it requests (no script can set it), so it passes without
+    comparing ``Origin`` with ``Host``: behind a proxy that terminates TLS the
+    two differ in scheme. A request with neither header is not a browser's
+    (or is a very old one's) and passes: without a victim's cookie a forged
+    request gains nothing. A request without a body and without a form type
+    passes too: that is how the Python client sends logout (aiohttp labels an
+    empty body application/octet-stream) and the React client a DELETE.
+    """
+    if request.method not in _UNSAFE_METHODS or not request.path.startswith("/api/"):
+        return
+    site = request.headers.get("Sec-Fetch-Site")
+    if site in ("cross-site", "same-site"):
+        raise Forbidden("requests from other sites are refused")
+    if site != "same-origin":
+        origin = request.headers.get("Origin")
+        if origin is not None and origin.rstrip("/").lower() not in _allowed_origins(request):
+            raise Forbidden("requests from other origins are refused")
+    mime = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+    if mime != "application/json" and (request.body_exists or mime in _FORM_TYPES):
+        raise UnsupportedMediaType("send the body as application/json")
+
+
+def _allowed_origins(request: web.Request) -> set[str]:
+    own = f"{request.scheme}://{request.host}".lower()
+    return {own, *(o.lower() for o in services(request).settings.origins)}
+
+
+def client_address(request: web.Request) -> str:
+    """The address failed logins are counted against (see :func:`address_of`)."""
+    return address_of(
+        request.remote,
+        request.headers.getall("X-Forwarded-For", []),
+        services(request).settings.proxies,
+    )
+
+
+def address_of(peer: str | None, forwarded: list[str], proxies: tuple[str, ...]) -> str:
+    """The peer's address, unless the peer is one of the trusted ``proxies``
+    (``NOTIFYLAB_TRUSTED_PROXIES``): then the nearest address in
+    ``X-Forwarded-For`` that is not a trusted proxy (read from the right:
+    nginx appends the address it saw, and whatever the client wrote stands to
+    the left of it). Anyone can send the header, so with no proxy trusted it
+    is ignored. An IPv6 address counts as its /64, which one host can hold whole.
+    """
+    networks = [ipaddress.ip_network(net, strict=False) for net in proxies]
+
+    def trusted(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+        return any(ip in net for net in networks)
+
+    peer = peer or "unknown"
+    try:
+        ip = ipaddress.ip_address(peer)
+    except ValueError:
+        return peer
+    if trusted(ip):
+        for hop in reversed(",".join(forwarded).split(",")):
+            try:
+                ip = ipaddress.ip_address(hop.strip())
+            except ValueError:
+                break
+            if not trusted(ip):
+                break
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
 
 
 def services(request: web.Request) -> Services:
     return request.app[SERVICES]
 
 
+def _no_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not JSON")
+
+
 async def body(request: web.Request) -> dict[str, Any]:
     """The request's JSON object, or a 400 that says what is wrong with it."""
+    raw = await request.read()
     try:
-        data = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        # ValueError covers bad UTF-8, bad JSON, NaN and Infinity, and ints
+        # past Python's digit limit; RecursionError, nesting deeper than the
+        # decoder's recursion limit (a 64 KiB body can nest 32,000 deep).
+        data = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
+    except (ValueError, RecursionError):
         raise BadRequest("the body is not valid JSON") from None
     if not isinstance(data, dict):
         raise BadRequest("the body must be a JSON object")
@@ -99,13 +225,17 @@ async def _login_response(request: web.Request, user: str, status: int) -> web.R
 
 async def register(request: web.Request) -> web.Response:
     data = await body(request)
-    user = await services(request).accounts.register(data.get("username"), data.get("password"))
+    user = await services(request).accounts.register(
+        data.get("username"), data.get("password"), client_address(request)
+    )
     return await _login_response(request, user, 201)
 
 
 async def login(request: web.Request) -> web.Response:
     data = await body(request)
-    user = await services(request).accounts.authenticate(data.get("username"), data.get("password"))
+    user = await services(request).accounts.authenticate(
+        data.get("username"), data.get("password"), client_address(request)
+    )
     return await _login_response(request, user, 200)
 
 
@@ -189,18 +319,26 @@ async def cancel_operation(request: web.Request) -> web.Response:
 async def get_inbox(request: web.Request) -> web.Response:
     session = await current_session(request)
     inbox = services(request).inbox
-    try:
-        limit = int(request.query.get("limit", "100"))
-    except ValueError:
-        raise BadRequest("limit must be a whole number", "limit") from None
+    text = request.query.get("limit", "100")
+    if not _LIMIT.fullmatch(text):
+        raise BadRequest("limit must be a whole number", "limit")
+    limit = int(text)
     if not 1 <= limit <= 1000:
         raise BadRequest("limit must be between 1 and 1000", "limit")
     after = request.query.get("after")
-    if after is not None and not is_id(after):
+    parsed = parse_id(after)
+    if after is not None and parsed is None:
         raise BadRequest("after must be a notification id like '1732512345678-0'", "after")
-    notes = await (
-        inbox.after(session.user, after, limit=limit) if after else inbox.latest(session.user, limit)
-    )
+    # Nothing comes after the last id there can be, and Redis refuses a range starting past it.
+    notes: list[Notification] = []
+    if parsed != _LAST_ID:
+        try:
+            notes = await (
+                inbox.after(session.user, after, limit=limit) if after else inbox.latest(session.user, limit)
+            )
+        except ResponseError as exc:  # Redis refused the id: the id is at fault, not the server
+            log.debug("Redis refused after=%r: %s", after, exc)
+            raise BadRequest("after is not an id the store accepts", "after") from None
     return web.json_response(
         {
             "notifications": notes,
@@ -213,8 +351,21 @@ async def get_inbox(request: web.Request) -> web.Response:
 async def mark_read(request: web.Request) -> web.Response:
     session = await current_session(request)
     data = await body(request)
-    mark, unread = await services(request).mark_read(session.user, data.get("up_to"))
+    try:
+        mark, unread = await services(request).mark_read(session.user, data.get("up_to"))
+    except ResponseError as exc:  # Redis refused the id: the id is at fault, not the server
+        log.debug("Redis refused up_to=%r: %s", data.get("up_to"), exc)
+        raise BadRequest("up_to is not an id the store accepts", "up_to") from None
     return web.json_response({"ok": True, "up_to": mark, "unread": unread})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    """This API's OpenAPI description (docs/openapi.yaml), for tools and people."""
+    try:
+        text = await asyncio.to_thread(OPENAPI.read_text, encoding="utf-8")
+    except OSError:
+        raise NotFound("the OpenAPI description is not installed with this copy") from None
+    return web.Response(text=text, content_type="application/yaml")
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -284,6 +435,7 @@ def add_routes(app: web.Application, settings: Settings) -> None:
     r.add_post("/api/operations/{id}/cancel", cancel_operation)
     r.add_get("/api/inbox", get_inbox)
     r.add_post("/api/inbox/read", mark_read)
+    r.add_get("/api/openapi.yaml", openapi)
     r.add_get("/healthz", healthz)
     r.add_get("/readyz", readyz)
     r.add_get("/metrics", metrics)
