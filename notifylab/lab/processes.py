@@ -44,6 +44,17 @@ def _stop_leftovers() -> None:
         _signal_group(pid, signal.SIGKILL)
 
 
+def _die_with_parent() -> None:
+    """In the child, before it runs: ask Linux to send it SIGTERM when the
+    process that started it dies. A kernel killed outright (nbval does that
+    to a stuck one) runs no atexit handler, and its servers would live on."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 def _signal_group(pid: int, sig: int) -> None:
     try:
         os.killpg(pid, sig)  # the process leads its own group (start_new_session)
@@ -103,8 +114,9 @@ class LabProcess:
                 env=self.env,
                 stdout=out,
                 stderr=asyncio.subprocess.STDOUT if out else None,
-                start_new_session=True,
-            )  # its own process group: see _stop_leftovers
+                start_new_session=True,  # its own process group: see _stop_leftovers
+                preexec_fn=_die_with_parent,
+            )
         finally:
             if out:
                 out.close()
