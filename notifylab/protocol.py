@@ -5,12 +5,24 @@ Python client alike; no dependencies, so the kernel side can import it.
 
 from __future__ import annotations
 
-from typing import NotRequired, TypedDict
+from collections.abc import Mapping
+from typing import Any, NotRequired, TypedDict
 
 COOKIE = "notifylab_session"  # the browser's session cookie (HttpOnly)
 
 # Notification types an operation goes through (see store/operations.py).
 TERMINAL_TYPES = frozenset({"operation.succeeded", "operation.failed", "operation.cancelled"})
+
+# The inbox a person keeps. Every notification stays in the stream (replay
+# and recovery need them all), but only these are inbox items: counted as
+# unread and listed in the inbox. An operation's queued, started and progress
+# notifications are its live state, shown on its card; a 60-step operation
+# is one thing to read, not 60. Any type outside "operation." (notifications
+# published for the user, e.g. "notification") is an inbox item too.
+# Servers, the Python client, the React client (frontend/src/lib/inbox.js)
+# and the widget panel all follow this one rule, so the unread count agrees.
+OPERATION_TYPE_PREFIX = "operation."
+INBOX_TYPES = TERMINAL_TYPES | {"operation.restarted"}
 
 
 class Notification(TypedDict):
@@ -19,7 +31,7 @@ class Notification(TypedDict):
 
     id: str  # the inbox stream id: orders a user's notifications
     user: str
-    type: str  # operation.queued|started|progress|restarted|succeeded|failed|cancelled
+    type: str  # operation.queued|started|progress|restarted|succeeded|failed|cancelled (see INBOX_TYPES)
     operation: str
     kind: str
     state: str
@@ -48,6 +60,15 @@ class BusNotification(Notification):
 def to_client(note: BusNotification | Notification) -> Notification:
     """The notification as clients see it (without the internal ``prev``)."""
     return {k: v for k, v in note.items() if k != "prev"}  # type: ignore[return-value]
+
+
+def is_inbox_item(note: Mapping[str, Any]) -> bool:
+    """True if ``note`` is one a person is notified of: counted as unread and
+    listed in the inbox (see ``INBOX_TYPES``)."""
+    kind = note.get("type")
+    if not isinstance(kind, str) or not kind:
+        return False
+    return kind in INBOX_TYPES or not kind.startswith(OPERATION_TYPE_PREFIX)
 
 
 def user_room(user: str) -> str:

@@ -96,7 +96,7 @@ async def test_each_notification_names_its_predecessor(memory_store):
 
 async def test_the_read_mark_never_moves_back_nor_past_the_newest(memory_store):
     inbox, _ = memory_store
-    ids = [(await inbox.append("ann", {"n": i}))["id"] for i in range(3)]
+    ids = [(await inbox.append("ann", {"n": i, "type": "notification"}))["id"] for i in range(3)]
     assert await inbox.mark_read("ann", ids[1]) == (ids[1], 1)
     assert await inbox.mark_read("ann", ids[0]) == (ids[1], 1)
     assert await inbox.mark_read("ann", "99999999999999-0") == (ids[2], 0)

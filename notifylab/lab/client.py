@@ -295,6 +295,10 @@ class Client:
                         return
                     try:
                         await self._open(url)
+                    except ValueError:
+                        # engine.io is still closing the old connection (a
+                        # graceful stop of the instance): try again shortly.
+                        continue
                     except socketio.exceptions.ConnectionError:
                         if self._refused_for_good():
                             self._stay_connected = False
@@ -407,9 +411,11 @@ class Client:
     async def close(self) -> None:
         """Disconnect (also stopping any reconnection attempts) and close."""
         self._stay_connected = False
-        await self._stop_failover()
-        await self.sio.shutdown()
-        await self.http.close()
+        try:
+            await self._stop_failover()
+            await self.sio.shutdown()
+        finally:
+            await self.http.close()
 
     async def __aenter__(self) -> Client:
         return self

@@ -5,6 +5,8 @@ server attached, the REST routes (``http.py``) and the Socket.IO handlers
 (``sockets.py``). At start-up it connects (failing fast with the URL), wires
 the client manager to the feed, and starts reading the bus before the first
 socket arrives; at exit it closes every socket first, then its connections.
+In the background it beats (``presence.py``) and re-checks the sessions of
+its open sockets every ``session_check_seconds``.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 
-import socketio
 from aiohttp import web
 
 from ..bus.managers import make_manager
@@ -25,6 +26,8 @@ from .services import Services
 log = logging.getLogger(__name__)
 
 MAX_BODY = 64 * 1024  # bytes; a bigger request body is refused with 413
+
+HANDLERS = web.AppKey("handlers", sockets.SocketHandlers)
 
 
 async def _lifetime(app: web.Application) -> AsyncIterator[None]:
@@ -52,6 +55,7 @@ async def _lifetime(app: web.Application) -> AsyncIterator[None]:
                 "it cannot be scaled to several instances and keeps nothing after exit"
             )
         background.append(asyncio.create_task(_heartbeat(services)))
+        background.append(asyncio.create_task(_check_sessions(app[HANDLERS], settings.session_check_seconds)))
         yield
     finally:
         for task in background:
@@ -84,9 +88,22 @@ async def _heartbeat(services: Services) -> None:
         await asyncio.sleep(HEARTBEAT_SECONDS)
 
 
+async def _check_sessions(handlers: sockets.SocketHandlers, every: float) -> None:
+    """No socket outlives its session: one that expires (or is deleted while
+    its socket was not found) ends its sockets here within ``every`` seconds."""
+    while True:
+        await asyncio.sleep(every)
+        try:
+            await handlers.check_sessions()
+        except sockets.OUTAGE as exc:  # keep checking once Redis is back
+            log.warning("re-checking the sockets' sessions failed: %s", exc)
+        except Exception:
+            log.exception("re-checking the sockets' sessions failed")
+
+
 def create_app(settings: Settings) -> web.Application:
     """The aiohttp application of one server instance."""
-    sio = socketio.AsyncServer(
+    sio = sockets.Server(
         async_mode="aiohttp",
         client_manager=make_manager(settings),
         max_http_buffer_size=MAX_BODY,
@@ -100,5 +117,6 @@ def create_app(settings: Settings) -> web.Application:
     app.on_shutdown.append(_disconnect_everyone)
     sio.attach(app)
     http.add_routes(app, settings)
-    sockets.SocketHandlers(sio, services).register()
+    handlers = app[HANDLERS] = sockets.SocketHandlers(sio, services)
+    handlers.register()
     return app

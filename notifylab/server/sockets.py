@@ -5,20 +5,27 @@ A socket authenticates with its session (the browser's cookie, or
 the newest notification it has seen. Once connected it gets ``hello``, then
 what it missed, then live notifications (``feed.py``). Every event a client
 sends is validated and acknowledged with ``{ok: true, ...}`` or
-``{ok: false, error}``.
+``{ok: false, error}``; while Redis or RabbitMQ is unreachable the error is
+"service unavailable", and a connect is refused saying so (never left hanging).
+A socket whose session is gone (expired, or deleted without its socket being
+found) is told ``session:revoked`` and disconnected by :meth:`check_sessions`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from http.cookies import CookieError, SimpleCookie
 from typing import Any
 
 import socketio
+from aio_pika.exceptions import AMQPError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ..errors import BadRequest, NotifylabError, Unauthorized
+from ..errors import BadRequest, NotifylabError, ServiceUnavailable, Unauthorized
 from ..ids import ZERO, is_id
 from ..protocol import COOKIE
 from .services import Services
@@ -27,6 +34,20 @@ log = logging.getLogger(__name__)
 
 CONNECT_WAIT_SECONDS = 5
 UPGRADE_WAIT_SECONDS = 5
+# A connect gives up on Redis after this long: refused, so the client tries
+# again or elsewhere, rather than waiting on a store that does not answer.
+STORE_WAIT_SECONDS = 5
+UNAVAILABLE = "service unavailable, retry in a moment"
+
+# What an outage of Redis or RabbitMQ raises: redis-py's connection errors
+# (BusyLoadingError, while Redis loads its data, among them), a refused or
+# reset socket (OSError, TimeoutError among them), the broker's errors. Not a
+# ResponseError: Redis answered, so that is a bug, logged as one.
+OUTAGE = (RedisConnectionError, RedisTimeoutError, OSError, AMQPError)
+
+# What python-socketio raises on a packet it cannot read (invalid or too
+# deeply nested JSON, a packet of the wrong shape).
+MALFORMED = (ValueError, TypeError, IndexError, KeyError, AttributeError, RecursionError)
 
 # A client event's handler: (user, data) -> the fields of its ack.
 EventHandler = Callable[[str, dict], Awaitable[dict]]
@@ -42,6 +63,44 @@ def cookie_token(environ: dict) -> str | None:
     return morsel.value if morsel else None
 
 
+class Server(socketio.AsyncServer):
+    """python-socketio's server, guarded against what a client can send it.
+
+    Two of its private methods are wrapped (python-socketio is pinned below 6;
+    tests/test_hardening_sockets.py and test_fuzz_sockets.py hold them):
+
+    - an event named by something other than a string, or named ``"*"``:
+      python-socketio looks the name up in a dict (a list raises TypeError,
+      and the client waits for an ack forever) and calls the catch-all handler
+      for ``"*"`` without the name. Both are refused with an ack instead.
+    - a packet it cannot decode (an integer of over 100 digits, which
+      engine.io's JSON refuses, or JSON nested past the recursion limit): it
+      would log a traceback and ignore the packet, the client waiting for an
+      ack that never comes; the socket is disconnected instead, with one line
+      in the log.
+    """
+
+    async def _trigger_event(self, event: Any, namespace: str, *args: Any) -> Any:
+        if isinstance(event, str) and event != "*":
+            return await super()._trigger_event(event, namespace, *args)
+        log.info("socket %s sent an event named %.40r; refused", args[0] if args else "?", event)
+        return {"ok": False, "error": "an event's name must be a string naming an event"}
+
+    async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
+        try:
+            await super()._handle_eio_message(eio_sid, data)
+        except MALFORMED as exc:
+            if eio_sid not in self.eio.sockets:  # the rest of a packet from a connection dropped already
+                return
+            log.warning(
+                "connection %s sent a packet that cannot be read (%s: %.80s); disconnecting it",
+                eio_sid,
+                type(exc).__name__,
+                exc,
+            )
+            await self.eio.disconnect(eio_sid)
+
+
 class SocketHandlers:
     """The handlers of one instance's Socket.IO server, one method each:
     ``connect`` and ``disconnect`` for a socket's lifetime, and one method a
@@ -51,10 +110,11 @@ class SocketHandlers:
         self.sio = sio
         self.services = services
         self._welcomes: set[asyncio.Task] = set()  # strong references until each finishes
-        # Sockets whose connect was accepted here. python-socketio runs the
-        # connect/disconnect handlers for a client *event* of that name too;
-        # this set tells such a forgery from the real lifecycle.
-        self._live: set[str] = set()
+        # Sockets whose connect was accepted here: sid -> (user, session id).
+        # python-socketio runs the connect/disconnect handlers for a client
+        # *event* of that name too; this tells such a forgery from the real
+        # lifecycle. check_sessions() reads the sessions from it.
+        self._live: dict[str, tuple[str, str]] = {}
 
     def register(self) -> None:
         self.sio.on("connect", self.connect)
@@ -71,25 +131,33 @@ class SocketHandlers:
 
     # -- a socket's lifetime --------------------------------------------------
 
-    async def connect(self, sid: str, environ: Any = None, auth: Any = None) -> dict | None:
-        """Refuse a socket without a live session; otherwise record it and
-        welcome it (in a task: see :meth:`_welcome`)."""
+    async def connect(self, sid: str, environ: Any = None, auth: Any = None, *extra: Any) -> dict | None:
+        """Refuse a socket without a live session (or while Redis is
+        unreachable); otherwise record it and welcome it (in a task: see
+        :meth:`_welcome`)."""
         if sid in self._live:  # a client event named "connect" on a live socket
+            return _reserved("connect", sid)
+        if extra:  # only a client event can bring more arguments, and this sid is not connected
             return _reserved("connect", sid)
         environ = environ if isinstance(environ, dict) else {}
         auth = auth if isinstance(auth, dict) else {}
         token = auth.get("session") or cookie_token(environ)
-        session = await self.services.sessions.resolve(token)
-        if session is None:
-            log.info("refused socket %s: no valid session", sid)
-            raise socketio.exceptions.ConnectionRefusedError("unauthorized: log in first")
         last_id = auth.get("last_id")
         if last_id is not None and not is_id(last_id):
             raise socketio.exceptions.ConnectionRefusedError("last_id is not a notification id")
-        await self.sio.save_session(sid, {"user": session.user, "session": session.id})
-        self._live.add(sid)
         transport = self.sio.transport(sid)
-        await self.services.presence.add_socket(session.id, sid, self.services.instance, transport)
+        try:
+            async with asyncio.timeout(STORE_WAIT_SECONDS):
+                session = await self.services.sessions.resolve(token)
+                if session is None:
+                    log.info("refused socket %s: no valid session", sid)
+                    raise socketio.exceptions.ConnectionRefusedError("unauthorized: log in first")
+                await self.services.presence.add_socket(session.id, sid, self.services.instance, transport)
+        except OUTAGE as exc:
+            log.warning("refused socket %s: the store is unavailable (%s)", sid, _brief(exc))
+            raise socketio.exceptions.ConnectionRefusedError(UNAVAILABLE) from None
+        await self.sio.save_session(sid, {"user": session.user, "session": session.id})
+        self._live[sid] = (session.user, session.id)
         self.services.metrics.sockets.inc()
         task = asyncio.create_task(self._welcome(sid, session.user, session.id, last_id, transport))
         self._welcomes.add(task)
@@ -129,9 +197,12 @@ class SocketHandlers:
                 await self._record_upgrade(sid, session_id)
         except TimeoutError:
             log.info("socket %s left before it was connected", sid)
+        except OUTAGE as exc:  # the client reconnects and is welcomed once the store is back
+            log.warning("could not welcome socket %s (%s); disconnecting it", sid, _brief(exc))
+            await self.sio.disconnect(sid, ignore_queue=True)
         except Exception:
             log.exception("welcoming socket %s failed; disconnecting it", sid)
-            await self.sio.disconnect(sid)
+            await self.sio.disconnect(sid, ignore_queue=True)
 
     async def _record_upgrade(self, sid: str, session_id: str) -> None:
         # Browsers connect by long-polling and upgrade to a websocket a moment
@@ -144,21 +215,48 @@ class SocketHandlers:
                 return
             await asyncio.sleep(0.1)
 
-    async def disconnect(self, sid: str, reason: Any = None) -> dict | None:
+    async def disconnect(self, sid: str, reason: Any = None, *extra: Any) -> dict | None:
         """Forget a socket that went away. python-socketio marks it
         disconnected before calling this, so a socket still connected is
         sending an event named "disconnect": refused, and it stays in place
         (presence, feed, room) for revocation to find."""
         if self.sio.manager.is_connected(sid, "/"):
             return _reserved("disconnect", sid)
-        if sid not in self._live:  # refused at connect, or gone already
+        live = self._live.pop(sid, None)
+        if live is None:  # refused at connect, or gone already
             return None
-        self._live.discard(sid)
-        data = await self.sio.get_session(sid)
+        user, session_id = live
         self.services.metrics.sockets.dec()
-        await self.services.feed.detach(sid, data["user"])
-        await self.services.presence.remove_socket(data["session"], sid)
+        await self.services.feed.detach(sid, user)
+        try:
+            await self.services.presence.remove_socket(session_id, sid)
+        except OUTAGE as exc:  # its entry names this instance: dropped when it stops beating
+            log.warning("could not remove socket %s from presence (%s)", sid, _brief(exc))
         return None
+
+    async def check_sessions(self) -> int:
+        """Disconnect, with ``session:revoked``, every socket here whose
+        session is gone: expired, or deleted while its socket was not found
+        (revocation finds sockets through presence). One Redis round trip for
+        all the sessions; returns how many sockets were disconnected."""
+        by_session: defaultdict[str, list[str]] = defaultdict(list)
+        for sid, (_user, session_id) in list(self._live.items()):
+            by_session[session_id].append(sid)
+        if not by_session:
+            return 0
+        alive = await self.services.sessions.alive(by_session)
+        ended = 0
+        for session_id in by_session.keys() - alive:
+            for sid in by_session[session_id]:
+                if sid not in self._live:  # it left meanwhile
+                    continue
+                log.info("socket %s: its session %s is gone; disconnecting it", sid, session_id[:8])
+                await self.sio.emit(
+                    "session:revoked", {"session": session_id, "reason": "expired"}, to=sid, ignore_queue=True
+                )
+                await self.sio.disconnect(sid, ignore_queue=True)
+                ended += 1
+        return ended
 
     # -- client events --------------------------------------------------------
 
@@ -168,15 +266,23 @@ class SocketHandlers:
 
         async def acked(sid: str, data: Any = None, *extra: Any) -> dict:
             try:
-                state = await self.sio.get_session(sid)
-                if await self.services.sessions.get(state["session"]) is None:
-                    raise Unauthorized("this session was signed out")
+                live = self._live.get(sid)
+                if live is None:  # its connect has not finished, or it is leaving
+                    raise Unauthorized("this socket is not connected")
+                user, session_id = live
+                if extra:
+                    raise BadRequest("an event takes one argument, an object")
                 if not isinstance(data, dict):
                     raise BadRequest("the event's data must be an object")
-                return {"ok": True, **await handler(state["user"], data)}
+                if not await self.services.sessions.alive([session_id]):
+                    raise Unauthorized("this session was signed out")
+                return {"ok": True, **await handler(user, data)}
             except NotifylabError as exc:
                 log.info("event %s from %s refused: %s", name, sid, exc.message)
                 return {"ok": False, **exc.as_dict()}
+            except OUTAGE as exc:
+                log.warning("event %s from %s failed: service unavailable (%s)", name, sid, _brief(exc))
+                return {"ok": False, **ServiceUnavailable(UNAVAILABLE).as_dict()}
             except Exception:
                 log.exception("event %s from %s failed", name, sid)
                 return {"ok": False, "error": "internal error"}
@@ -213,3 +319,8 @@ class SocketHandlers:
 def _reserved(event: str, sid: str) -> dict:
     log.warning("socket %s sent the reserved event %r; refused", sid, event)
     return {"ok": False, "error": f"{event!r} is reserved for the Socket.IO lifecycle"}
+
+
+def _brief(exc: BaseException) -> str:
+    """One line about an outage's error, for the log (no traceback)."""
+    return f"{type(exc).__name__}: {str(exc)[:120]}" if str(exc) else type(exc).__name__

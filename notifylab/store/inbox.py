@@ -6,6 +6,10 @@ notifications of a user compare by id. Each appended notification also
 carries ``prev``, the id that was last before it: an instance that receives a
 notification whose ``prev`` is not the last one it delivered knows it missed
 something, and reads the gap from the stream (see ``server/feed.py``).
+
+The stream holds every notification; the unread count counts only inbox
+items (``protocol.is_inbox_item``: an operation's outcome and restarts, and
+published notifications), not an operation's progress.
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ from redis.exceptions import WatchError
 
 from ..config import Settings
 from ..ids import ZERO, id_after
-from ..protocol import BusNotification, Notification
+from ..protocol import BusNotification, Notification, is_inbox_item
+
+ITEMS_PAGE = 200  # entries read per round trip when looking back for inbox items
 
 
 class Inbox:
@@ -82,11 +88,25 @@ class Inbox:
     async def read_up_to(self, user: str) -> str:
         return await self.redis.get(self._read_key(user)) or ZERO
 
+    async def latest_items(self, user: str, limit: int = 100) -> list[Notification]:
+        """The newest ``limit`` inbox items (``is_inbox_item``), oldest first:
+        what an inbox lists, however many progress steps lie between them."""
+        found: list[Notification] = []
+        before = "+"
+        while len(found) < limit:
+            entries = await self.redis.xrevrange(self.key(user), max=before, count=ITEMS_PAGE)
+            found += [n for n in self._decode(entries) if is_inbox_item(n)]
+            if len(entries) < ITEMS_PAGE:
+                break
+            before = f"({entries[-1][0]}"
+        return found[:limit][::-1]
+
     async def unread(self, user: str, upto: str = "+") -> int:
-        """How many notifications after the read mark (and up to ``upto``)."""
+        """How many inbox items (``is_inbox_item``) come after the read mark
+        (and up to ``upto``)."""
         up_to = await self.read_up_to(user)
         entries = await self.redis.xrange(self.key(user), min=f"({up_to}", max=upto)
-        return len(entries)
+        return sum(1 for note in self._decode(entries) if is_inbox_item(note))
 
     async def mark_read(self, user: str, up_to: str) -> tuple[str, int]:
         """Move the read mark forward to ``up_to`` (never back, never past the

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from collections.abc import Collection
 from dataclasses import asdict, dataclass
 
 from redis.asyncio import Redis
@@ -84,6 +85,21 @@ class Sessions:
                 pipe.expire(self._key(session.id), self.settings.session_ttl)
                 await pipe.execute()
         return session
+
+    async def alive(self, session_ids: Collection[str]) -> set[str]:
+        """Which of ``session_ids`` still exist (an expired or deleted one does
+        not), in one round trip however many there are."""
+        ids = list(session_ids)
+        if not ids:
+            return set()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for session_id in ids:
+                # The field, not the key: resolve() sliding the expiry of a
+                # session that expired in between leaves a hash of last_seen
+                # alone, which get() does not count as a session either.
+                pipe.hexists(self._key(session_id), "user")
+            found = await pipe.execute()
+        return {session_id for session_id, there in zip(ids, found, strict=True) if there}
 
     async def of_user(self, user: str) -> list[Session]:
         """The user's live sessions, oldest first; expired ids are pruned."""
