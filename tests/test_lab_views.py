@@ -212,9 +212,13 @@ async def test_operations_inbox_and_read_mark_match_what_the_client_received(sta
     tail = await rview.inbox(me.user, count=2)  # a window: its first prev is still the entry before it
     assert [r["id"] for r in tail] == [r["id"] for r in inbox[-2:]] and tail[0]["prev"] == inbox[-3]["id"]
 
-    assert await rview.read_mark(me.user) == "0-0" and await rview.unread(me.user) == len(inbox)
-    await me.mark_read(inbox[-2]["id"])
+    # Unread counts inbox items only: of this operation, its ending (succeeded).
+    assert await rview.read_mark(me.user) == "0-0" and await rview.unread(me.user) == 1
+    assert await rview.unread(me.user) == (await me.inbox())["unread"]  # as the server counts
+    await me.mark_read(inbox[-2]["id"])  # up to the last progress: the ending is still unread
     assert await rview.read_mark(me.user) == inbox[-2]["id"] and await rview.unread(me.user) == 1
+    await me.mark_read(inbox[-1]["id"])
+    assert await rview.unread(me.user) == 0
 
 
 async def test_keys_lists_the_prefix_keys_with_their_types(stack, clients, rview):

@@ -29,6 +29,7 @@ from redis.exceptions import TimeoutError as RedisTimeout
 
 from ..config import Settings, redact
 from ..ids import ZERO
+from ..protocol import is_inbox_item
 from .tables import Check, Table, _short, wait_until
 
 TIMEOUT = 5.0  # seconds for any one command: a notebook cell must never hang
@@ -212,11 +213,14 @@ class RedisView:
         return await self._ask(f"read_mark({user!r})", work)
 
     async def unread(self, user: str) -> int:
-        """How many notifications come after the read mark."""
+        """How many inbox items (``protocol.is_inbox_item``: not an
+        operation's progress) come after the read mark: what the server and
+        every client count as unread."""
 
         async def work() -> int:
             mark = await self.redis.get(self.key("read", user)) or ZERO
-            return len(await self.redis.xrange(self.key("inbox", user), min=f"({mark}"))
+            entries = await self.redis.xrange(self.key("inbox", user), min=f"({mark}")
+            return sum(is_inbox_item(json.loads(fields["n"])) for _, fields in entries)
 
         return await self._ask(f"unread({user!r})", work)
 
