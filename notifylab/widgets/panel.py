@@ -60,7 +60,7 @@ def connection_state(client: Client) -> str:
         return "connected" if client.hello is not None else "connecting"
     # python-socketio keeps no public "reconnecting" flag; its reconnect task
     # is the one sign that it will try again (None after disconnect()).
-    if getattr(client.sio, "_reconnect_task", None) is not None:
+    if client.reconnecting:  # failing over to another instance, or waiting for one
         return "reconnecting"
     return "disconnected"
 
@@ -346,7 +346,9 @@ class NotificationPanel(LiveBox):
             self.operations_box.children = boxes
 
         self.unread_label.value = f"{client.unread if client.unread is not None else '?'} unread"
-        self.inbox.value = self._inbox_html(client.notifications[-self.last :])
+        # The inbox lists what a person is notified of (protocol.is_inbox_item);
+        # progress shows on the operation's row above.
+        self.inbox.value = self._inbox_html(client.inbox_items[-self.last :])
 
     @staticmethod
     def _inbox_html(notes: Sequence[Mapping[str, Any]]) -> str:
