@@ -1,0 +1,116 @@
+// A Socket.IO load generator: holds thousands of websocket sockets in one Node process.
+//
+//   node benchmarks/loadgen.mjs < spec.json
+//
+// spec: {"urls": [...], "tokens": [...], "count": N, "timeout": seconds}
+// Socket i connects to urls[i % urls.length] with auth {session: tokens[i % tokens.length]},
+// all at once. It prints one JSON line per event on stdout:
+//   {"event": "storm", "connected", "hellos", "failed", "errors", "first_ms", "all_ms", "p50_ms", "p99_ms"}
+// then holds the sockets and records every notification (id, prev, ts, receive time).
+// Commands on stdin, one per line: "report" prints {"event": "report", ...} with each
+// socket's received ids and latencies; "quit" disconnects everything and exits.
+// Node's socket.io-client is installed by `cd frontend && npm ci`.
+import { createRequire } from "node:module";
+import { fileURLToPath } from "node:url";
+import path from "node:path";
+import readline from "node:readline";
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const require = createRequire(path.join(here, "..", "frontend", "package.json"));
+const { io } = require("socket.io-client");
+
+const out = (obj) => process.stdout.write(JSON.stringify(obj) + "\n");
+
+async function readSpec() {
+  const chunks = [];
+  const rl = readline.createInterface({ input: process.stdin });
+  for await (const line of rl) {
+    if (line.trim() === "") break;
+    chunks.push(line);
+  }
+  return { spec: JSON.parse(chunks.join("\n")), rl };
+}
+
+function pct(sorted, p) {
+  if (!sorted.length) return null;
+  return sorted[Math.min(sorted.length - 1, Math.floor((sorted.length * p) / 100))];
+}
+
+const { spec, rl } = await readSpec();
+const sockets = [];
+const helloMs = [];
+const errors = {};
+let failed = 0;
+const t0 = performance.now();
+const received = []; // per socket: [id, prev, latency ms]
+
+await new Promise((resolve) => {
+  let settled = 0;
+  const settle = () => {
+    settled += 1;
+    if (settled === spec.count) resolve();
+  };
+  const timer = setTimeout(resolve, spec.timeout * 1000);
+  timer.unref();
+  for (let i = 0; i < spec.count; i++) {
+    const socket = io(spec.urls[i % spec.urls.length], {
+      transports: ["websocket"],
+      auth: { session: spec.tokens[i % spec.tokens.length] },
+      reconnection: false,
+      forceNew: true,
+      timeout: spec.timeout * 1000,
+    });
+    const mine = [];
+    received.push(mine);
+    let done = false;
+    socket.on("hello", () => {
+      if (!done) {
+        done = true;
+        helloMs.push(performance.now() - t0);
+        settle();
+      }
+    });
+    socket.on("notification", (note) => {
+      mine.push([note.id, note.prev ?? null, Date.now() - note.ts]);
+    });
+    socket.on("connect_error", (err) => {
+      if (!done) {
+        done = true;
+        failed += 1;
+        const key = String(err && err.message).slice(0, 80);
+        errors[key] = (errors[key] || 0) + 1;
+        settle();
+      }
+    });
+    sockets.push(socket);
+  }
+});
+
+helloMs.sort((a, b) => a - b);
+out({
+  event: "storm",
+  count: spec.count,
+  connected: sockets.filter((s) => s.connected).length,
+  hellos: helloMs.length,
+  failed,
+  unanswered: spec.count - helloMs.length - failed,
+  errors,
+  first_ms: helloMs[0] ?? null,
+  p50_ms: pct(helloMs, 50),
+  p99_ms: pct(helloMs, 99),
+  all_ms: helloMs.length ? helloMs[helloMs.length - 1] : null,
+});
+
+for await (const line of rl) {
+  const command = line.trim();
+  if (command === "report") {
+    out({ event: "report", connected: sockets.filter((s) => s.connected).length, received });
+  } else if (command === "reset") {
+    for (const r of received) r.length = 0;
+    out({ event: "reset" });
+  } else if (command === "quit") {
+    break;
+  }
+}
+for (const s of sockets) s.disconnect();
+setTimeout(() => process.exit(0), 200);
