@@ -18,6 +18,33 @@ export function note(id, extra = {}) {
   }
 }
 
+/** An inbox item: an operation's outcome (counted and listed). */
+export function item(id, extra = {}) {
+  return note(id, { type: 'operation.succeeded', state: 'succeeded', step: 5, progress: 1, ...extra })
+}
+
+/** A published notification (POST /api/publish), as the server emits it. */
+export function published(id, extra = {}) {
+  const title = extra.title ?? `Invoice ${id}`
+  return {
+    id,
+    user: 'alice',
+    type: 'billing.invoice',
+    title,
+    body: 'Your invoice is ready.',
+    data: { invoice: 'INV-1' },
+    ts: Number(id.split('-')[0]),
+    operation: '',
+    kind: '',
+    state: '',
+    step: 0,
+    steps: 0,
+    progress: 0,
+    message: title,
+    ...extra,
+  }
+}
+
 /** A fake socket.io-client Socket driven by the test. */
 export class FakeSocket {
   constructor(options) {

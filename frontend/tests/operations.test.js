@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest'
 import { canCancel, emptyOperations, operationList, operationsReducer } from '../src/lib/operations.js'
-import { note } from './helpers.js'
+import { note, published } from './helpers.js'
 
 const T = 1_700_000_000_000
 const op = (extra = {}) => ({
@@ -88,5 +88,21 @@ describe('operations reducer', () => {
     const before = s
     s = operationsReducer(s, { type: 'notification', notification: n(2, { type: 'system.hello', operation: 'zz' }) })
     expect(s).toBe(before)
+  })
+
+  it('never makes an operation of a published notification (operation "")', () => {
+    let s = operationsReducer(emptyOperations(), { type: 'snapshot', operations: [op()] })
+    const before = s
+    s = operationsReducer(s, { type: 'notification', notifications: [published(`${T + 1}-0`), published(`${T + 2}-0`, { type: 'notification' })] })
+    expect(s).toBe(before)
+    expect(Object.keys(s.byId)).toEqual(['op1'])
+  })
+
+  it('ignores an operation notification that names no operation', () => {
+    const s = operationsReducer(emptyOperations(), {
+      type: 'notification',
+      notifications: [n(1, { operation: '' }), n(2, { operation: null }), n(3, { operation: undefined, type: 'operation.succeeded' })],
+    })
+    expect(s.byId).toEqual({})
   })
 })

@@ -1,6 +1,58 @@
 import { useState } from 'react'
-import { newestId, unreadCount, unreadIds } from '../lib/inbox.js'
-import { formatTime, percent, shortId, typeLabel } from '../lib/format.js'
+import { isPublished, newestId, unreadCount, unreadIds } from '../lib/inbox.js'
+import { formatTime, shortId, typeLabel } from '../lib/format.js'
+
+function isoTime(ts) {
+  const d = new Date(Number(ts) || 0)
+  return Number.isNaN(d.getTime()) ? '' : d.toISOString()
+}
+
+function text(value) {
+  return typeof value === 'string' ? value : ''
+}
+
+/** A published notification's title (its message repeats it; the type if neither). */
+function titleOf(n) {
+  return text(n.title) || text(n.message) || String(n.type)
+}
+
+/** How a row is named to assistive technology (its Mark read button). */
+function itemLabel(n) {
+  if (isPublished(n)) return `${n.type} ${titleOf(n)}`
+  return `${typeLabel(n.type).toLowerCase()} ${n.kind || ''} ${shortId(n.operation)}`
+}
+
+// An operation's outcome or restart: what happened, to which operation.
+function OperationBody({ n }) {
+  return (
+    <>
+      <div className="notif-title">
+        <strong>{typeLabel(n.type)}</strong> {n.kind} <code>{shortId(n.operation)}</code>
+      </div>
+      {n.message && <div className="notif-msg">{n.message}</div>}
+    </>
+  )
+}
+
+// A notification a backend published for the user (POST /api/publish).
+function PublishedBody({ n }) {
+  const body = text(n.body)
+  return (
+    <>
+      <div className="notif-title">
+        <strong data-testid="notification-title">{titleOf(n)}</strong>{' '}
+        <span className="tag notif-type" data-testid="notification-type">
+          {n.type}
+        </span>
+      </div>
+      {body && (
+        <div className="notif-msg" data-testid="notification-body">
+          {body}
+        </div>
+      )}
+    </>
+  )
+}
 
 export default function Inbox({ inbox, loaded, client }) {
   const [error, setError] = useState(null)
@@ -50,10 +102,12 @@ export default function Inbox({ inbox, loaded, client }) {
         <ol className="notif-list" aria-label="Notifications">
           {inbox.items.map((n) => {
             const isUnread = unreadSet.has(n.id)
+            const published = isPublished(n)
+            const kind = published ? 'published' : `t-${String(n.type).replace('operation.', '')}`
             return (
               <li
                 key={n.id}
-                className={`notif ${isUnread ? 'unread' : ''} t-${String(n.type).replace('operation.', '')}`}
+                className={`notif ${isUnread ? 'unread' : ''} ${kind}`}
                 data-testid="notification"
                 data-id={n.id}
                 data-type={n.type}
@@ -64,17 +118,8 @@ export default function Inbox({ inbox, loaded, client }) {
               >
                 <span className="notif-dot" aria-hidden="true" />
                 <div className="notif-body">
-                  <div className="notif-title">
-                    <strong>{typeLabel(n.type)}</strong> {n.kind} <code>{shortId(n.operation)}</code>
-                    {n.type === 'operation.progress' && (
-                      <span className="muted">
-                        {' '}
-                        · step {n.step}/{n.steps} · {percent(n.progress)}%
-                      </span>
-                    )}
-                  </div>
-                  {n.message && <div className="notif-msg">{n.message}</div>}
-                  <time className="muted small" dateTime={new Date(Number(n.ts) || 0).toISOString()}>
+                  {published ? <PublishedBody n={n} /> : <OperationBody n={n} />}
+                  <time className="muted small" dateTime={isoTime(n.ts)}>
                     {formatTime(n.ts)}
                   </time>
                 </div>
@@ -83,7 +128,7 @@ export default function Inbox({ inbox, loaded, client }) {
                     type="button"
                     className="btn tiny"
                     onClick={() => markRead(n.id)}
-                    aria-label={`Mark read up to ${typeLabel(n.type).toLowerCase()} ${n.kind || ''} ${shortId(n.operation)} ${n.id}`}
+                    aria-label={`Mark read up to ${itemLabel(n)} ${n.id}`}
                   >
                     Mark read
                   </button>

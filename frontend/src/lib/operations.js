@@ -4,7 +4,9 @@
 //  - snapshots: GET /api/operations, the `operations` of `hello`, the answer
 //    to start/cancel (a full op record with an `updated` time),
 //  - notifications: {id, operation, kind, state, step, steps, progress,
-//    message, ts}, ordered by their stream id.
+//    message, ts}, ordered by their stream id. Only "operation.*" ones with a
+//    non-empty `operation` apply; published notifications (operation "") are
+//    for the inbox only.
 // Rules: a notification applies only if its id is newer than the last one
 // applied to that operation; a snapshot applies only if it is not older than
 // what we show; a finished operation (succeeded, failed, cancelled) never goes
@@ -92,6 +94,12 @@ function applyNotification(prev, n) {
   return next
 }
 
+/** Whether a notification is about an operation (and may update its card). */
+export function isOperationNotification(n) {
+  if (!n || typeof n.type !== 'string' || !n.type.startsWith('operation.')) return false
+  return n.operation !== undefined && n.operation !== null && n.operation !== ''
+}
+
 export function operationsReducer(state, action) {
   switch (action.type) {
     case 'snapshot': {
@@ -118,7 +126,9 @@ export function operationsReducer(state, action) {
       let byId = state.byId
       const sorted = list.filter(Boolean).slice().sort((a, b) => compareIds(a.id, b.id))
       for (const n of sorted) {
-        if (!n.type || !String(n.type).startsWith('operation.')) continue
+        // Published notifications (any type outside "operation.", with
+        // operation "") belong to the inbox only: never an operation card.
+        if (!isOperationNotification(n)) continue
         const prev = byId[n.operation]
         const next = applyNotification(prev, n)
         if (next !== prev) byId = { ...byId, [n.operation]: next }
