@@ -9,7 +9,21 @@ servers and clients agree on), ``kinds`` (the operations one can start),
 ``errors`` and ``cli``.
 """
 
+from typing import Any
+
 from .config import Settings
 
-__all__ = ["Settings"]
+__all__ = ["Publisher", "Settings", "publish"]
+
+
+def __getattr__(name: str) -> Any:
+    # notifylab.publish(...) for other services, imported on first use only:
+    # a server importing notifylab.config need not load the client's libraries.
+    if name in {"publish", "Publisher"}:
+        from .lab import publisher
+
+        return getattr(publisher, name)
+    raise AttributeError(f"module 'notifylab' has no attribute {name!r}")
+
+
 __version__ = "0.1.0"

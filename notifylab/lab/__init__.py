@@ -12,6 +12,7 @@ that talks to a cluster running elsewhere.
 from .client import Client, ClientError
 from .cluster import PASSWORD, Cluster
 from .processes import Lab, LabProcess, free_port
+from .publisher import Publisher, publish
 from .rabbitmq_view import RabbitView
 from .redis_view import RedisView
 from .tables import Table, wait_until
@@ -24,11 +25,13 @@ __all__ = [
     "Cluster",
     "Lab",
     "LabProcess",
+    "Publisher",
     "RabbitView",
     "RedisView",
     "Table",
     "Verdict",
     "free_port",
+    "publish",
     "verdict",
     "wait_until",
 ]

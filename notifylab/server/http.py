@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import ipaddress
 import json
 import logging
@@ -23,7 +25,7 @@ from ..kinds import KINDS
 from ..protocol import COOKIE, Notification
 from ..store.sessions import Session
 from .metrics import CONTENT_TYPE_LATEST
-from .services import Services
+from .services import Services, check_publication
 
 log = logging.getLogger(__name__)
 
@@ -359,6 +361,41 @@ async def mark_read(request: web.Request) -> web.Response:
     return web.json_response({"ok": True, "up_to": mark, "unread": unread})
 
 
+def _key_matches(header: str | None, key: str) -> bool:
+    """True if ``header`` is ``Bearer <key>``. Compared in constant time, as
+    digests, so neither the key's bytes nor its length show in the timing."""
+    scheme, _, token = (header or "").strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    # aiohttp decodes header bytes that are not UTF-8 as surrogate escapes.
+    given = hashlib.sha256(token.strip().encode("utf-8", "surrogateescape")).digest()
+    return hmac.compare_digest(given, hashlib.sha256(key.encode("utf-8")).digest())
+
+
+async def publish(request: web.Request) -> web.Response:
+    """Notify users for another backend service (see docs/architecture.md,
+    "The publish API"). Authenticated by ``settings.api_key`` alone: a
+    session cookie counts for nothing here."""
+    srv = services(request)
+    if not srv.settings.api_key:
+        # Off, not forbidden: no key can work, so no 401 that invites one.
+        raise NotFound("the publish API is off: set NOTIFYLAB_API_KEY on the instances to turn it on")
+    if not _key_matches(request.headers.get("Authorization"), srv.settings.api_key):
+        message = (
+            "send the API key as 'Authorization: Bearer <key>'"
+            if "Authorization" not in request.headers
+            else "the API key is wrong"
+        )
+        log.warning(
+            "%s %s -> 401 from %s: %s", request.method, request.path, client_address(request), message
+        )
+        return web.json_response(
+            {"error": message}, status=401, headers={"WWW-Authenticate": 'Bearer realm="notifylab"'}
+        )
+    ids = await srv.publish(check_publication(await body(request)))
+    return web.json_response({"ids": ids}, status=202)
+
+
 async def openapi(request: web.Request) -> web.Response:
     """This API's OpenAPI description (docs/openapi.yaml), for tools and people."""
     try:
@@ -435,6 +472,7 @@ def add_routes(app: web.Application, settings: Settings) -> None:
     r.add_post("/api/operations/{id}/cancel", cancel_operation)
     r.add_get("/api/inbox", get_inbox)
     r.add_post("/api/inbox/read", mark_read)
+    r.add_post("/api/publish", publish)
     r.add_get("/api/openapi.yaml", openapi)
     r.add_get("/healthz", healthz)
     r.add_get("/readyz", readyz)

@@ -7,8 +7,14 @@ module imports neither of them: it is the leaf they share.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
+import re
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import socketio
 from redis.asyncio import Redis
@@ -17,10 +23,10 @@ from ..bus.jobs import Jobs, job_priority, make_jobs
 from ..bus.managers import publish_notification
 from ..config import Settings
 from ..errors import BadRequest, Conflict, NotFound
-from ..ids import is_id
+from ..ids import is_id, now_ms
 from ..kinds import get_kind
-from ..protocol import user_room
-from ..store.accounts import Accounts
+from ..protocol import OPERATION_TYPE_PREFIX, user_room
+from ..store.accounts import Accounts, is_username
 from ..store.connect import connect_redis
 from ..store.inbox import Inbox
 from ..store.operations import TERMINAL, Operation, Operations, TransitionRefused
@@ -30,6 +36,102 @@ from .feed import Feed
 from .metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+# The publish API (POST /api/publish): what another backend service may send.
+PUBLISH_FIELDS = frozenset({"user", "users", "type", "title", "body", "data"})
+PUBLISH_MAX_USERS = 1000
+PUBLISH_TYPE = re.compile(r"[a-z0-9_-]+(?:\.[a-z0-9_-]+)*")  # always fullmatch(): "billing.invoice"
+PUBLISH_TYPE_MAX = 64
+PUBLISH_TITLE_MAX = 200  # characters
+PUBLISH_BODY_MAX = 2000  # characters
+PUBLISH_DATA_MAX = 8 * 1024  # bytes of the object as compact UTF-8 JSON
+_NAMED_UNKNOWN = 10  # unknown recipients named in a refusal; the rest are counted
+
+
+@dataclass(frozen=True)
+class Publication:
+    """A checked publish request (see :func:`check_publication`)."""
+
+    users: tuple[str, ...]  # distinct, in the order given
+    type: str
+    title: str
+    body: str
+    data: dict[str, Any]
+    users_field: str  # "user" or "users": where a refusal of a recipient points
+
+
+def _text(fields: Mapping[str, object], name: str, most: int, required: bool) -> str:
+    value = fields.get(name)
+    if value is None and not required:
+        return ""
+    if not isinstance(value, str):
+        raise BadRequest(f"{name} must be a string", name)
+    if required and not value.strip():
+        raise BadRequest(f"{name} must not be empty", name)
+    if len(value) > most:
+        raise BadRequest(f"{name} must be at most {most} characters", name)
+    try:  # JSON may carry lone surrogates ("\ud800"), which no client can show
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest(f"{name} must be valid Unicode text", name) from None
+    return value
+
+
+def _recipients(fields: Mapping[str, object]) -> tuple[tuple[str, ...], str]:
+    if "user" in fields and "users" in fields:
+        raise BadRequest("give either user (one username) or users (a list), not both", "users")
+    if "user" in fields:
+        if not is_username(fields["user"]):
+            raise BadRequest("user must be a username (3-32 characters: a-z, 0-9, '_' or '-')", "user")
+        return (fields["user"],), "user"
+    if "users" not in fields:
+        raise BadRequest("name the recipients: user (one username) or users (a list)", "users")
+    users = fields["users"]
+    if not isinstance(users, list) or not users:
+        raise BadRequest("users must be a non-empty list of usernames", "users")
+    if len(users) > PUBLISH_MAX_USERS:
+        raise BadRequest(f"users must list at most {PUBLISH_MAX_USERS} usernames", "users")
+    for name in users:
+        if not is_username(name):
+            raise BadRequest(f"users holds {str(name)[:40]!r}, which is not a username", "users")
+    return tuple(dict.fromkeys(users)), "users"
+
+
+def check_publication(fields: Mapping[str, object]) -> Publication:
+    """Validate the body of a publish request: raise BadRequest (400) naming
+    the first field at fault. Whether the recipients exist is checked by
+    :meth:`Services.publish`, which needs the store."""
+    for name in fields:
+        if name not in PUBLISH_FIELDS:
+            expected = ", ".join(sorted(PUBLISH_FIELDS))
+            raise BadRequest(f"unknown field {name[:40]!r}: expected {expected}", name[:40])
+    users, users_field = _recipients(fields)
+    kind = fields.get("type")
+    if not isinstance(kind, str) or len(kind) > PUBLISH_TYPE_MAX or not PUBLISH_TYPE.fullmatch(kind):
+        raise BadRequest(
+            f"type must be a dotted name like 'billing.invoice' (a-z, 0-9, '_', '-'; "
+            f"at most {PUBLISH_TYPE_MAX} characters)",
+            "type",
+        )
+    # Clients read "operation.*" as an operation's news (its card, not the inbox).
+    if kind == OPERATION_TYPE_PREFIX.rstrip(".") or kind.startswith(OPERATION_TYPE_PREFIX):
+        raise BadRequest("the types operation and operation.* are reserved for operations", "type")
+    title = _text(fields, "title", PUBLISH_TITLE_MAX, required=True)
+    text = _text(fields, "body", PUBLISH_BODY_MAX, required=False)
+    data = fields.get("data")
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise BadRequest("data must be a JSON object", "data")
+    try:
+        size = len(json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+    except UnicodeEncodeError:
+        raise BadRequest("data must hold valid Unicode text only", "data") from None
+    except RecursionError:
+        raise BadRequest("data is nested too deeply", "data") from None
+    if size > PUBLISH_DATA_MAX:
+        raise BadRequest(f"data must be at most {PUBLISH_DATA_MAX} bytes as JSON, not {size}", "data")
+    return Publication(users, kind, title, text, data, users_field)
 
 
 class Services:
@@ -116,6 +218,50 @@ class Services:
         await publish_notification(self.sio, note)
         return op
 
+    # -- publish ------------------------------------------------------------
+
+    async def publish(self, pub: Publication) -> dict[str, str]:
+        """Append ``pub`` to each recipient's inbox stream and send it on, as
+        an operation's notifications are: the feed's order, no duplicate and
+        gap filling hold for it. Returns each user's notification id.
+
+        Every recipient must have an account (BadRequest names the others).
+        All the appends are one Redis transaction: a failure (503) leaves no
+        recipient with it, so the caller may simply retry. Once appended it
+        is kept: a publish the bus does not confirm is logged, not undone,
+        and the feed delivers it from the stream (see ``feed.py``)."""
+        unknown = await self._unknown_users(pub.users)
+        if unknown:
+            named = ", ".join(unknown[:_NAMED_UNKNOWN])
+            more = f" and {len(unknown) - _NAMED_UNKNOWN} more" if len(unknown) > _NAMED_UNKNOWN else ""
+            raise BadRequest(f"no such user: {named}{more}", pub.users_field)
+        ts = now_ms()
+        fields = [_published(user, pub, ts) for user in pub.users]
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for user, one in zip(pub.users, fields, strict=True):
+                self.inbox.queue_append(pipe, user, one)
+            results = await pipe.execute()
+        # Each append queued two commands; appended() reads the last two it is given.
+        sent = [self.inbox.appended(results[: 2 * i + 2], one) for i, one in enumerate(fields)]
+        # One user's notification does not wait for another's confirm.
+        outcomes = await asyncio.gather(
+            *(publish_notification(self.sio, note) for note in sent), return_exceptions=True
+        )
+        for note, outcome in zip(sent, outcomes, strict=True):
+            if isinstance(outcome, Exception):
+                # Stored, so not lost: the feed reads it from the stream at the user's
+                # next notification (prev), after the bus reconnects, or on a replay.
+                log.error(
+                    "published notification %s for %s is stored but the bus did not take it: %s",
+                    note["id"],
+                    note["user"],
+                    outcome,
+                )
+        return {note["user"]: note["id"] for note in sent}
+
+    async def _unknown_users(self, users: tuple[str, ...]) -> list[str]:
+        return await self.accounts.missing(users)
+
     # -- inbox --------------------------------------------------------------
 
     async def mark_read(self, user: str, up_to: object) -> tuple[str, int]:
@@ -146,3 +292,24 @@ class Services:
             {**s.as_dict(), "sockets": await self.presence.sockets(s.id, live)}
             for s in await self.sessions.of_user(user)
         ]
+
+
+def _published(user: str, pub: Publication, ts: int) -> dict[str, Any]:
+    """The notification a publish appends for ``user``. It also carries every
+    field an operation's notification has, neutral, so clients that read
+    them (cards, timelines) need no special case; ``message`` repeats the title."""
+    return {
+        "user": user,
+        "type": pub.type,
+        "title": pub.title,
+        "body": pub.body,
+        "data": pub.data,
+        "ts": ts,
+        "operation": "",
+        "kind": "",
+        "state": "",
+        "step": 0,
+        "steps": 0,
+        "progress": 0.0,
+        "message": pub.title,
+    }

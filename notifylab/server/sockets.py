@@ -28,6 +28,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from ..errors import BadRequest, NotifylabError, ServiceUnavailable, Unauthorized
 from ..ids import ZERO, is_id
 from ..protocol import COOKIE
+from ..store.operations import Operation
 from .services import Services
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ UPGRADE_WAIT_SECONDS = 5
 # again or elsewhere, rather than waiting on a store that does not answer.
 STORE_WAIT_SECONDS = 5
 UNAVAILABLE = "service unavailable, retry in a moment"
+HELLO_OPERATIONS = 50  # the newest operations hello lists (Operations.of_user's default)
 
 # What an outage of Redis or RabbitMQ raises: redis-py's connection errors
 # (BusyLoadingError, while Redis loads its data, among them), a refused or
@@ -148,11 +150,12 @@ class SocketHandlers:
         transport = self.sio.transport(sid)
         try:
             async with asyncio.timeout(STORE_WAIT_SECONDS):
-                session = await self.services.sessions.resolve(token)
+                session = await self.services.sessions.resolve_socket(
+                    token, self.services.presence, sid, self.services.instance, transport
+                )
                 if session is None:
                     log.info("refused socket %s: no valid session", sid)
                     raise socketio.exceptions.ConnectionRefusedError("unauthorized: log in first")
-                await self.services.presence.add_socket(session.id, sid, self.services.instance, transport)
         except OUTAGE as exc:
             log.warning("refused socket %s: the store is unavailable (%s)", sid, _brief(exc))
             raise socketio.exceptions.ConnectionRefusedError(UNAVAILABLE) from None
@@ -178,15 +181,16 @@ class SocketHandlers:
                     await asyncio.sleep(0.005)
 
             async def hello(cursor: str) -> None:
+                unread, operations = await self._hello_data(user, cursor)
                 await self.sio.emit(
                     "hello",
                     {
                         "instance": services.instance,
                         "user": user,
                         "session": session_id,
-                        "unread": await services.inbox.unread(user, upto=cursor),
+                        "unread": unread,
                         "last_id": cursor,
-                        "operations": [op.as_dict() for op in await services.operations.of_user(user)],
+                        "operations": operations,
                     },
                     to=sid,
                     ignore_queue=True,
@@ -203,6 +207,23 @@ class SocketHandlers:
         except Exception:
             log.exception("welcoming socket %s failed; disconnecting it", sid)
             await self.sio.disconnect(sid, ignore_queue=True)
+
+    async def _hello_data(self, user: str, cursor: str) -> tuple[int, list[dict]]:
+        """Hello's unread count (up to ``cursor``) and the user's operations,
+        newest first, in two round trips however many operations there are:
+        what ``Inbox.unread`` and ``Operations.of_user`` read, batched."""
+        inbox, operations = self.services.inbox, self.services.operations
+        async with inbox.redis.pipeline(transaction=False) as pipe:
+            inbox.queue_read_mark(pipe, user)
+            pipe.zrevrange(operations._user_key(user), 0, HELLO_OPERATIONS - 1)
+            mark, op_ids = await pipe.execute()
+        async with inbox.redis.pipeline(transaction=False) as pipe:
+            inbox.queue_unread(pipe, user, mark, upto=cursor)
+            for op_id in op_ids:
+                pipe.hgetall(operations._key(op_id))
+            entries, *records = await pipe.execute()
+        ops = [Operation.from_redis(record).as_dict() for record in records if record]
+        return inbox.count_unread(entries), ops
 
     async def _record_upgrade(self, sid: str, session_id: str) -> None:
         # Browsers connect by long-polling and upgrade to a websocket a moment

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TypeGuard, TypeVar
 
 from argon2 import PasswordHasher
@@ -111,6 +111,15 @@ class Accounts:
 
     def _key(self, username: str) -> str:
         return self.settings.key("user", username)
+
+    async def missing(self, usernames: Iterable[str]) -> list[str]:
+        """The names among ``usernames`` that have no account (one round trip)."""
+        names = list(usernames)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.exists(self._key(name))
+            found = await pipe.execute()
+        return [name for name, exists in zip(names, found, strict=True) if not exists]
 
     async def _hash_work(self, work: Callable[..., T], *args: object) -> T:
         """Run Argon2 ``work`` in a thread, at most ``hash_concurrency`` at once;

@@ -106,7 +106,21 @@ class Inbox:
         (and up to ``upto``)."""
         up_to = await self.read_up_to(user)
         entries = await self.redis.xrange(self.key(user), min=f"({up_to}", max=upto)
-        return sum(1 for note in self._decode(entries) if is_inbox_item(note))
+        return self.count_unread(entries)
+
+    def queue_read_mark(self, pipe: Pipeline, user: str) -> None:
+        """Add the read of the user's read mark to ``pipe`` (its result: the
+        mark or None; :meth:`queue_unread` takes it)."""
+        pipe.get(self._read_key(user))
+
+    def queue_unread(self, pipe: Pipeline, user: str, mark: str | None, upto: str = "+") -> None:
+        """Add what :meth:`unread` reads after the mark to ``pipe``; its result
+        goes to :meth:`count_unread`. For callers that batch the round trips."""
+        pipe.xrange(self.key(user), min=f"({mark or ZERO}", max=upto)
+
+    @classmethod
+    def count_unread(cls, entries: list) -> int:
+        return sum(1 for note in cls._decode(entries) if is_inbox_item(note))
 
     async def mark_read(self, user: str, up_to: str) -> tuple[str, int]:
         """Move the read mark forward to ``up_to`` (never back, never past the

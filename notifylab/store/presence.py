@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from ..config import Settings
 from ..ids import now_ms
@@ -26,7 +27,7 @@ class Presence:
         self.redis = redis
         self.settings = settings
 
-    def _sockets_key(self, session_id: str) -> str:
+    def sockets_key(self, session_id: str) -> str:
         return self.settings.key("sockets", session_id)
 
     async def heartbeat(self, instance_id: str, info: dict) -> None:
@@ -45,28 +46,34 @@ class Presence:
                 found[key[len(prefix) :]] = json.loads(raw)
         return found
 
-    async def add_socket(self, session_id: str, sid: str, instance_id: str, transport: str) -> None:
+    def queue_add_socket(
+        self, pipe: Pipeline, session_id: str, sid: str, instance_id: str, transport: str
+    ) -> None:
+        """Add the recording of a socket to ``pipe`` (two commands)."""
         record = {"instance": instance_id, "transport": transport, "connected_at": now_ms()}
+        pipe.hset(self.sockets_key(session_id), sid, json.dumps(record))
+        pipe.expire(self.sockets_key(session_id), self.settings.session_ttl)
+
+    async def add_socket(self, session_id: str, sid: str, instance_id: str, transport: str) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(self._sockets_key(session_id), sid, json.dumps(record))
-            pipe.expire(self._sockets_key(session_id), self.settings.session_ttl)
+            self.queue_add_socket(pipe, session_id, sid, instance_id, transport)
             await pipe.execute()
 
     async def set_transport(self, session_id: str, sid: str, transport: str) -> None:
-        raw = await self.redis.hget(self._sockets_key(session_id), sid)
+        raw = await self.redis.hget(self.sockets_key(session_id), sid)
         if raw:
             await self.redis.hset(
-                self._sockets_key(session_id), sid, json.dumps({**json.loads(raw), "transport": transport})
+                self.sockets_key(session_id), sid, json.dumps({**json.loads(raw), "transport": transport})
             )
 
     async def remove_socket(self, session_id: str, sid: str) -> None:
-        await self.redis.hdel(self._sockets_key(session_id), sid)
+        await self.redis.hdel(self.sockets_key(session_id), sid)
 
     async def sockets(self, session_id: str, live: set[str] | None = None) -> list[dict]:
         """The session's sockets on live instances, oldest first. Entries left
         behind by a dead instance are removed as they are found."""
         live = set(await self.instances()) if live is None else live
-        raw = await self.redis.hgetall(self._sockets_key(session_id))
+        raw = await self.redis.hgetall(self.sockets_key(session_id))
         result, stale = [], []
         for sid, text in raw.items():
             record = json.loads(text)
@@ -75,8 +82,8 @@ class Presence:
             else:
                 stale.append(sid)
         if stale:
-            await self.redis.hdel(self._sockets_key(session_id), *stale)
+            await self.redis.hdel(self.sockets_key(session_id), *stale)
         return sorted(result, key=lambda r: r["connected_at"])
 
     async def forget_session(self, session_id: str) -> None:
-        await self.redis.delete(self._sockets_key(session_id))
+        await self.redis.delete(self.sockets_key(session_id))

@@ -13,11 +13,15 @@ import hmac
 import secrets
 from collections.abc import Collection
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 from redis.asyncio import Redis
 
 from ..config import Settings
 from ..ids import now_ms
+
+if TYPE_CHECKING:
+    from .presence import Presence
 
 TOUCH_EVERY_MS = 30_000  # refresh last_seen/expiry at most this often per session
 
@@ -84,6 +88,36 @@ class Sessions:
                 pipe.hset(self._key(session.id), "last_seen", now)
                 pipe.expire(self._key(session.id), self.settings.session_ttl)
                 await pipe.execute()
+        return session
+
+    async def resolve_socket(
+        self, token: object, presence: Presence, sid: str, instance: str, transport: str
+    ) -> Session | None:
+        """:meth:`resolve` for a socket's connect, recording the socket in
+        ``presence`` in the same transaction (one round trip): the session id
+        is computed here from the token, so the lookup need not come first.
+        A missing session's socket entry is removed again before returning
+        None, so a refused socket leaves no presence record."""
+        if not isinstance(token, str) or not 20 <= len(token) <= 100:
+            return None
+        session_id = self.session_id(token)
+        key, sockets_key = self._key(session_id), presence.sockets_key(session_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hgetall(key)
+            # Slides the expiry, and does nothing to a key that is gone (unlike an HSET).
+            pipe.expire(key, self.settings.session_ttl)
+            presence.queue_add_socket(pipe, session_id, sid, instance, transport)
+            data = (await pipe.execute())[0]
+        if not data or "user" not in data:
+            await presence.remove_socket(session_id, sid)
+            return None
+        session = Session(
+            data["id"], data["user"], data["device"], int(data["created"]), int(data["last_seen"])
+        )
+        now = now_ms()
+        if now - session.last_seen > TOUCH_EVERY_MS:  # at most once in TOUCH_EVERY_MS per session
+            session.last_seen = now
+            await self.redis.hset(key, "last_seen", now)
         return session
 
     async def alive(self, session_ids: Collection[str]) -> set[str]:
