@@ -332,32 +332,19 @@ class JupyterLab:
 
     async def wait_ready(self, timeout: float = 90.0) -> None:
         """Wait until JupyterLab answers with the token; fail early if it exits."""
-        import aiohttp
+        from .lab.processes import wait_answering
 
-        async with aiohttp.ClientSession() as http:
-            try:
-                async with asyncio.timeout(timeout):
-                    while True:
-                        if self.process is None or self.process.returncode is not None:
-                            code = self.process.returncode if self.process else None
-                            raise RuntimeError(f"JupyterLab exited ({code}); its messages are above")
-                        try:
-                            async with http.get(
-                                f"{self.base}/api/status", headers={"Authorization": f"token {self.token}"}
-                            ) as r:
-                                if r.status == 200:
-                                    return
-                        except aiohttp.ClientError:
-                            pass
-                        await asyncio.sleep(0.2)
-            except TimeoutError:
-                raise RuntimeError(f"JupyterLab did not answer on {self.base} in {timeout:.0f} s") from None
+        headers = {"Authorization": f"token {self.token}"}
+        url = f"{self.base}/api/status"
+        await wait_answering(
+            self.process, url, "JupyterLab", timeout, headers, lambda: "(its messages are above)"
+        )
 
     def _signal_group(self, sig: int) -> None:
-        if self.process is None:
-            return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.process.pid, sig)  # its pid is its group's id (new session)
+        from .lab.processes import signal_group
+
+        if self.process is not None:
+            signal_group(self.process.pid, sig)  # its pid is its group's id (new session)
 
     async def stop(self, timeout: float = 20.0) -> None:
         """SIGTERM to the group (JupyterLab shuts its kernels down), then SIGKILL."""

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import os
 import signal
 import socket
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import aiohttp
@@ -35,13 +36,49 @@ def _stop_leftovers() -> None:
     groups directly, give them a moment to exit, then kill what is left."""
     pids = [p.pid for p in list(_running) if p.running and p.pid]
     for pid in pids:
-        _signal_group(pid, signal.SIGTERM)
+        signal_group(pid, signal.SIGTERM)
     deadline = time.monotonic() + 5
     while pids and time.monotonic() < deadline:
         pids = [pid for pid in pids if _alive(pid)]
         time.sleep(0.05)
     for pid in pids:
-        _signal_group(pid, signal.SIGKILL)
+        signal_group(pid, signal.SIGKILL)
+
+
+async def wait_answering(
+    process: asyncio.subprocess.Process | None,
+    url: str,
+    name: str,
+    timeout: float,
+    headers: Mapping[str, str] | None = None,
+    details: Callable[[], str] = lambda: "",
+) -> None:
+    """Poll ``url`` until it answers 200, for at most ``timeout`` seconds;
+    raise RuntimeError (with ``details()``, e.g. the log's tail) if the
+    process exits first or the time runs out."""
+    async with aiohttp.ClientSession() as http:
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    if process is None or process.returncode is not None:
+                        code = process.returncode if process else None
+                        raise RuntimeError(f"{name} exited ({code}):\n{details()}")
+                    try:
+                        async with http.get(url, headers=headers) as response:
+                            if response.status == 200:
+                                return
+                    except aiohttp.ClientError:
+                        pass
+                    await asyncio.sleep(0.1)
+        except TimeoutError:
+            raise RuntimeError(f"{name} did not answer on {url} in {timeout:.0f} s:\n{details()}") from None
+
+
+def signal_group(pid: int, sig: int) -> None:
+    """Send ``sig`` to the process group led by ``pid`` (started with
+    ``start_new_session``): the process and whatever it started."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
 
 
 def _die_with_parent() -> None:
@@ -53,13 +90,6 @@ def _die_with_parent() -> None:
 
         pr_set_pdeathsig = 1
         ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
-
-
-def _signal_group(pid: int, sig: int) -> None:
-    try:
-        os.killpg(pid, sig)  # the process leads its own group (start_new_session)
-    except ProcessLookupError:
-        pass
 
 
 def _alive(pid: int) -> bool:
@@ -127,24 +157,7 @@ class LabProcess:
 
     async def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
         """Wait until ``/readyz`` answers 200; fail early if the process exits."""
-        async with aiohttp.ClientSession() as http:
-            try:
-                async with asyncio.timeout(timeout):
-                    while True:
-                        if self.process is None or self.process.returncode is not None:
-                            code = self.process.returncode if self.process else None
-                            raise RuntimeError(f"{self.name} exited ({code}):\n{self.log_tail()}")
-                        try:
-                            async with http.get(f"{self.url}/readyz") as response:
-                                if response.status == 200:
-                                    return
-                        except aiohttp.ClientError:
-                            pass
-                        await asyncio.sleep(0.1)
-            except TimeoutError:
-                raise RuntimeError(
-                    f"{self.name} was not ready in {timeout:.0f} s:\n{self.log_tail()}"
-                ) from None
+        await wait_answering(self.process, f"{self.url}/readyz", self.name, timeout, details=self.log_tail)
 
     def log_tail(self, lines: int = 20) -> str:
         if not self.log_path or not self.log_path.exists():
