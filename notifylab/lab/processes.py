@@ -233,11 +233,6 @@ class Lab:
         self.processes.append(proc)
         return await proc.start()
 
-    async def restart(self, proc: LabProcess) -> LabProcess:
-        """Start a stopped (or killed) process again with the same arguments."""
-        await proc.stop()
-        return await proc.start()
-
     async def stop_all(self) -> None:
         await asyncio.gather(*(p.stop() for p in self.processes))
 
