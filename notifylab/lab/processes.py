@@ -133,6 +133,8 @@ class LabProcess:
         return self.process.pid if self.process else None
 
     async def start(self) -> LabProcess:
+        """Start it (or start it again after a stop or a kill, with the same
+        arguments and port); returns once a server answers ``/readyz``."""
         # A quick local open, as the log file must exist before the child starts.
         out = open(self.log_path, "ab") if self.log_path else None  # noqa: ASYNC230
         try:
