@@ -21,14 +21,19 @@ const { io } = require("socket.io-client");
 
 const out = (obj) => process.stdout.write(JSON.stringify(obj) + "\n");
 
+// One iterator over stdin for the spec and the commands after it: leaving a
+// `for await` over the interface closes it, and the commands were never read.
+const lines = readline.createInterface({ input: process.stdin })[Symbol.asyncIterator]();
+async function nextLine() {
+  const r = await lines.next();
+  return r.done ? null : r.value;
+}
+
 async function readSpec() {
   const chunks = [];
-  const rl = readline.createInterface({ input: process.stdin });
-  for await (const line of rl) {
-    if (line.trim() === "") break;
-    chunks.push(line);
-  }
-  return { spec: JSON.parse(chunks.join("\n")), rl };
+  let line;
+  while ((line = await nextLine()) !== null && line.trim() !== "") chunks.push(line);
+  return { spec: JSON.parse(chunks.join("\n")) };
 }
 
 function pct(sorted, p) {
@@ -36,7 +41,7 @@ function pct(sorted, p) {
   return sorted[Math.min(sorted.length - 1, Math.floor((sorted.length * p) / 100))];
 }
 
-const { spec, rl } = await readSpec();
+const { spec } = await readSpec();
 const sockets = [];
 const helloMs = [];
 const errors = {};
@@ -101,7 +106,7 @@ out({
   all_ms: helloMs.length ? helloMs[helloMs.length - 1] : null,
 });
 
-for await (const line of rl) {
+for (let line; (line = await nextLine()) !== null; ) {
   const command = line.trim();
   if (command === "report") {
     out({ event: "report", connected: sockets.filter((s) => s.connected).length, received });

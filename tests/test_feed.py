@@ -90,3 +90,31 @@ async def test_a_socket_gone_before_attach_is_not_bound():
     feed, sio, _, _ = make_feed(fake_redis())
     assert await feed.attach("gone", ANN, last_id=None) == 0
     assert sio.manager.calls == [] and ANN not in feed.members
+
+
+async def test_a_users_lock_lives_only_while_a_task_holds_or_waits_on_it():
+    """Feed keeps one lock per user while anyone holds or waits on it, never
+    two, and forgets it once the user's last socket left (no lock per user
+    who ever connected)."""
+    import asyncio
+
+    feed, sio, _, _ = make_feed(fake_redis())
+    sio.manager.connected.update({"s1", "s2", "s3"})
+    release, seen = asyncio.Event(), []
+
+    async def slow_bind(user: str) -> None:
+        seen.append(user)
+        await release.wait()
+
+    sio.manager.on_subscribe = slow_bind
+    attaches = [asyncio.create_task(feed.attach(sid, ANN, last_id=None)) for sid in ("s1", "s2", "s3")]
+    await asyncio.sleep(0.01)  # s1 holds the lock inside the bind, s2 and s3 wait on it
+    assert len(feed._locks) == 1
+    release.set()
+    await asyncio.gather(*attaches)
+    # The waiters went through the same lock, one after the other: one bind only.
+    assert len(seen) == 1 and sio.manager.calls == [("subscribe", ANN)]
+    assert feed.members[ANN] == {"s1", "s2", "s3"} and feed._locks == {}
+    for sid in ("s1", "s2", "s3"):
+        await feed.detach(sid, ANN)
+    assert feed._locks == {} and feed.members == {} and feed.cursors == {}

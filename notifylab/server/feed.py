@@ -23,8 +23,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 
 import socketio
 
@@ -44,7 +44,24 @@ class Feed:
         self.metrics = metrics
         self.cursors: dict[str, str] = {}  # user -> last id emitted to the user's room here
         self.members: dict[str, set[str]] = {}  # user -> sids on this instance
-        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        # user -> [its lock, how many tasks hold or wait on it]; an entry goes
+        # when the count falls to 0, so a user who left costs nothing, and no
+        # second lock for a user is made while a task still waits on the first.
+        self._locks: dict[str, list] = {}
+
+    @asynccontextmanager
+    async def _lock(self, user: str) -> AsyncIterator[None]:
+        entry = self._locks.get(user)
+        if entry is None:
+            entry = self._locks[user] = [asyncio.Lock(), 0]
+        entry[1] += 1
+        try:
+            async with entry[0]:
+                yield
+        finally:
+            entry[1] -= 1
+            if not entry[1]:
+                del self._locks[user]
 
     @property
     def manager(self):
@@ -64,7 +81,7 @@ class Feed:
         missed after ``last_id`` (None: nothing to replay). ``before_replay``
         is awaited with the cursor before any notification is sent.
         Returns how many notifications were replayed."""
-        async with self._locks[user]:
+        async with self._lock(user):
             if not self.manager.is_connected(sid, "/"):
                 return 0  # it left before we got here; detach has run already
             if user not in self.members:
@@ -86,7 +103,7 @@ class Feed:
 
     async def detach(self, sid: str, user: str) -> None:
         """Forget socket ``sid``; unbind the user when it was the last one."""
-        async with self._locks[user]:
+        async with self._lock(user):
             members = self.members.get(user)
             if members is None:
                 return
@@ -101,7 +118,7 @@ class Feed:
         if user not in self.members:
             self.metrics.not_local.inc()
             return
-        async with self._locks[user]:
+        async with self._lock(user):
             cursor = self.cursors.get(user)
             if cursor is None:  # the last socket left while we waited
                 return
@@ -119,7 +136,7 @@ class Feed:
         """Read every local user's stream past its cursor: run after the bus
         reconnected, when publishes may have been lost meanwhile."""
         for user in self.users():
-            async with self._locks[user]:
+            async with self._lock(user):
                 if user in self.cursors:
                     batch = await self.inbox.after(user, self.cursors[user])
                     if batch:

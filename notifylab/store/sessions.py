@@ -68,10 +68,7 @@ class Sessions:
         return token, session
 
     async def get(self, session_id: str) -> Session | None:
-        data = await self.redis.hgetall(self._key(session_id))
-        if not data or "user" not in data:
-            return None
-        return Session(data["id"], data["user"], data["device"], int(data["created"]), int(data["last_seen"]))
+        return _session(await self.redis.hgetall(self._key(session_id)))
 
     async def resolve(self, token: object) -> Session | None:
         """The live session behind a cookie token, its expiry slid forward;
@@ -101,19 +98,17 @@ class Sessions:
         if not isinstance(token, str) or not 20 <= len(token) <= 100:
             return None
         session_id = self.session_id(token)
-        key, sockets_key = self._key(session_id), presence.sockets_key(session_id)
+        key = self._key(session_id)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hgetall(key)
             # Slides the expiry, and does nothing to a key that is gone (unlike an HSET).
             pipe.expire(key, self.settings.session_ttl)
             presence.queue_add_socket(pipe, session_id, sid, instance, transport)
             data = (await pipe.execute())[0]
-        if not data or "user" not in data:
+        session = _session(data)
+        if session is None:
             await presence.remove_socket(session_id, sid)
             return None
-        session = Session(
-            data["id"], data["user"], data["device"], int(data["created"]), int(data["last_seen"])
-        )
         now = now_ms()
         if now - session.last_seen > TOUCH_EVERY_MS:  # at most once in TOUCH_EVERY_MS per session
             session.last_seen = now
@@ -152,3 +147,11 @@ class Sessions:
             pipe.delete(self._key(session.id))
             pipe.srem(self._user_key(session.user), session.id)
             await pipe.execute()
+
+
+def _session(data: dict) -> Session | None:
+    """A session from its hash; None for a missing one (or a hash left with
+    last_seen alone, see :meth:`Sessions.alive`)."""
+    if not data or "user" not in data:
+        return None
+    return Session(data["id"], data["user"], data["device"], int(data["created"]), int(data["last_seen"]))

@@ -1,0 +1,419 @@
+"""The throughput ladder: notifications/s offered against delivered.
+
+    python benchmarks/ladder.py [--users 200] [--rates 250,500,1000,2000] [--seconds 6]
+                                [--paths operations,publish] [--modes topic,fanout]
+                                [--profile topic:operations:1000]
+
+For each routing mode (``NOTIFYLAB_ROUTING``) it starts 2 server instances and
+2 workers (one ``NOTIFYLAB_PREFIX`` for the whole run, so the users are
+registered once), connects every user twice (one socket on each instance,
+``loadgen.mjs``: Node socket.io-client, websocket, in its own process), then
+climbs the rungs: for ``--seconds`` it offers a rate of notifications,
+
+- operations path: ``POST /api/operations`` (a ``report`` of 10 steps of
+  0.1 s: 13 notifications each) from the users' sessions, round robin;
+- publish path: ``POST /api/publish`` with the API key, 10 users a call;
+
+then waits until the streams stop growing and every socket's count stops
+moving, and judges each socket against its user's inbox stream (the entries
+appended since the rung began): lost (in the stream, never received),
+duplicated (received twice), reordered (received out of stream order). Latency
+is the socket's receive time minus the notification's ``ts``; the delivered
+rate counts each notification once per user (not per socket), from the rung's
+start to its last delivery. Writes ``ladder_results.json`` and ``ladder.png``;
+``--profile`` runs py-spy on one server instance during the named rung
+(``pip install py-spy`` in the venv; it needs ptrace). See benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import aiohttp
+import psutil
+import redis.asyncio as aioredis
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from routing import remove
+from scale import Loadgen, machine
+
+from notifylab.config import Settings
+from notifylab.lab import Lab
+from notifylab.protocol import COOKIE
+
+HERE = Path(__file__).resolve().parent
+PASSWORD = "benchmark password"
+API_KEY = "ladder-" + uuid.uuid4().hex
+STEPS, STEP_SECONDS = 10, 0.1
+PER_OPERATION = STEPS + 3  # queued, started, 10 steps, succeeded
+PER_PUBLISH = 10  # users named by one publish call
+TICK = 0.02  # the offer is topped up this often
+IN_FLIGHT = 128  # HTTP calls outstanding at most (more is the driver hiding the server's backlog)
+DRAIN_TIMEOUT = 40.0
+
+
+def id_key(note_id: str) -> tuple[int, int]:
+    ms, _, seq = note_id.partition("-")
+    return int(ms), int(seq)
+
+
+def pct(values: list[float], p: float) -> float:
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * p / 100))]
+
+
+async def register(url: str, count: int) -> list[tuple[str, str]]:
+    """(username, session token) of ``count`` new users; Argon2 bounds this."""
+    limit = asyncio.Semaphore(4)
+
+    async def one(http: aiohttp.ClientSession) -> tuple[str, str]:
+        async with limit:
+            name = f"l{uuid.uuid4().hex[:12]}"
+            async with http.post(f"{url}/api/register", json={"username": name, "password": PASSWORD}) as r:
+                if r.status not in (200, 201):
+                    raise RuntimeError(f"register: {r.status} {await r.text()}")
+                return name, r.cookies[COOKIE].value
+
+    async with aiohttp.ClientSession() as http:
+        return list(await asyncio.gather(*(one(http) for _ in range(count))))
+
+
+class Run:
+    """One mode's lab, users and sockets; :meth:`rung` runs one rung."""
+
+    def __init__(self, mode: str, prefix: str, users: list[tuple[str, str]], urls: list[str], lab: Lab):
+        self.mode, self.prefix, self.users, self.urls, self.lab = mode, prefix, users, urls, lab
+        self.redis = aioredis.from_url(Settings(prefix=prefix).redis_url, decode_responses=True)
+        self.settings = Settings(prefix=prefix)
+        self.loadgen: Loadgen | None = None
+
+    async def connect(self) -> dict:
+        # tokens[i] for socket i: user j's two sockets are 2j (urls[0]) and 2j+1 (urls[1]).
+        tokens = [token for _, token in self.users for _ in range(2)]
+        self.loadgen = Loadgen(self.urls, tokens, len(tokens), timeout=60)
+        return await self.loadgen.storm()
+
+    async def command(self, command: str) -> list[dict]:
+        assert self.loadgen is not None
+        for p in self.loadgen.procs:
+            assert p.stdin is not None
+            p.stdin.write(command.encode() + b"\n")
+            await p.stdin.drain()
+        return [await self.loadgen._line(p) for p in self.loadgen.procs]
+
+    async def lasts(self) -> list[str]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for name, _ in self.users:
+                pipe.xrevrange(self.settings.key("inbox", name), count=1)
+            return [r[0][0] if r else "0-0" for r in await pipe.execute()]
+
+    async def lengths(self) -> int:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for name, _ in self.users:
+                pipe.xlen(self.settings.key("inbox", name))
+            return sum(await pipe.execute())
+
+    async def offer(self, path: str, rate: int, seconds: float) -> dict:
+        """Offer ``rate`` notifications/s for ``seconds``; the calls' outcomes."""
+        per_call = PER_OPERATION if path == "operations" else PER_PUBLISH
+        limit = asyncio.Semaphore(IN_FLIGHT)
+        statuses: dict[str, int] = {}
+        tasks: set[asyncio.Task] = set()
+        behind = 0  # calls not made because IN_FLIGHT were outstanding: the offer was not met
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+
+            async def call(i: int) -> None:
+                try:
+                    url = self.urls[i % len(self.urls)]
+                    if path == "operations":
+                        _, token = self.users[i % len(self.users)]
+                        body = {"kind": "report", "params": {"steps": STEPS, "step_seconds": STEP_SECONDS}}
+                        kw: dict = {"json": body, "cookies": {COOKIE: token}}
+                        target = f"{url}/api/operations"
+                    else:
+                        first = (i * PER_PUBLISH) % len(self.users)
+                        names = [self.users[(first + k) % len(self.users)][0] for k in range(PER_PUBLISH)]
+                        body = {"users": names, "type": "bench.tick", "title": f"tick {i}"}
+                        kw = {"json": body, "headers": {"Authorization": f"Bearer {API_KEY}"}}
+                        target = f"{url}/api/publish"
+                    async with http.post(target, **kw) as r:
+                        await r.read()
+                        key = str(r.status)
+                except Exception as exc:
+                    key = type(exc).__name__
+                finally:
+                    limit.release()
+                statuses[key] = statuses.get(key, 0) + 1
+
+            started = time.monotonic()
+            made = 0
+            while (elapsed := time.monotonic() - started) < seconds:
+                due = int(rate * elapsed / per_call) + 1
+                while made < due:
+                    if limit.locked():
+                        behind += due - made
+                        made = due
+                        break
+                    await limit.acquire()
+                    task = asyncio.create_task(call(made))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                    made += 1
+                await asyncio.sleep(TICK)
+            await asyncio.gather(*tasks)
+        return {"calls": made - behind, "skipped": behind, "statuses": statuses}
+
+    async def drain(self) -> None:
+        """Until the streams stop growing and the sockets' counts stop moving."""
+        last, still = None, 0
+        deadline = time.monotonic() + DRAIN_TIMEOUT
+        while time.monotonic() < deadline and still < 3:
+            await asyncio.sleep(0.5)
+            reports = await self.command("report")
+            now = (await self.lengths(), sum(len(r) for rep in reports for r in rep["received"]))
+            still = still + 1 if now == last else 0
+            last = now
+
+    async def rung(self, path: str, rate: int, seconds: float, profile: bool) -> dict:
+        befores = await self.lasts()
+        await self.command("reset")
+        procs = {p.name: psutil.Process(p.pid) for p in self.lab.processes if p.pid}
+        cpu0 = {n: sum(p.cpu_times()[:2]) for n, p in procs.items()}
+        spies = []
+        if profile:  # py-spy on one server instance and one worker, for the offer's duration
+            for kind in ("server", "worker"):
+                proc = next(p for p in self.lab.processes if p.name.startswith(kind))
+                out = HERE / f"ladder_profile_{self.mode}_{path}_{rate}_{kind}.txt"
+                spies.append(subprocess.Popen(  # noqa: ASYNC220 (py-spy runs beside the loop; never waited on it)
+                    [shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"), "record",
+                     "--pid", str(proc.pid), "--duration", str(int(seconds)), "--format", "raw",
+                     "--output", str(out), "--rate", "100"],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                ))  # fmt: skip
+        t0 = time.time() * 1000
+        offered = await self.offer(path, rate, seconds)
+        await self.drain()
+        cpu = {n: sum(p.cpu_times()[:2]) - cpu0[n] for n, p in procs.items()}
+        for spy in spies:
+            _, err = spy.communicate(timeout=60)
+            if spy.returncode:
+                offered["profile_error"] = err.decode()[-300:]
+        received = [r for rep in await self.command("report") for r in rep["received"]]
+        expected: list[list[str]] = []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for (name, _), before in zip(self.users, befores, strict=True):
+                pipe.xrange(self.settings.key("inbox", name), min=f"({before}", max="+")
+            for entries in await pipe.execute():
+                expected.append([entry_id for entry_id, _ in entries])
+        lost = duplicated = reordered = foreign = 0
+        latencies: list[float] = []
+        last_ms = t0
+        per_user_delivered: list[set[str]] = [set() for _ in self.users]
+        for i, got in enumerate(received):
+            user = i // 2
+            want = set(expected[user])
+            ids = [g[0] for g in got if g[0] in want]
+            foreign += len(got) - len(ids)  # late ones of an earlier rung
+            lost += len(want - set(ids))
+            duplicated += len(ids) - len(set(ids))
+            keys = [id_key(x) for x in ids]
+            reordered += sum(1 for a, b in itertools.pairwise(keys) if a >= b)
+            per_user_delivered[user].update(ids)
+            for g in got:
+                if g[0] in want:
+                    latencies.append(g[2])
+                    last_ms = max(last_ms, id_key(g[0])[0] + g[2])
+        appended = sum(len(e) for e in expected)
+        delivered = sum(len(s) for s in per_user_delivered)
+        # Rates over the stream's own clock (an id's ms): from the first append
+        # to the last append, and to the last delivery. An operation appends
+        # for about a second after the offer stops; this counts that tail in both.
+        times = [id_key(x)[0] for e in expected for x in e] or [t0]
+        first, last_append = min(times), max(times)
+        window_s = max(last_ms - first, 1) / 1000
+        return {
+            "mode": self.mode,
+            "path": path,
+            "offered": rate,
+            "appended_per_s": appended / (max(last_append - first, 1) / 1000),
+            "delivered_per_s": delivered / window_s,
+            "appended": appended,
+            "deliveries": len(latencies),
+            "sockets": len(received),
+            "p50_ms": pct(latencies, 50),
+            "p99_ms": pct(latencies, 99),
+            "max_ms": max(latencies, default=math.nan),
+            "lost": lost,
+            "duplicated": duplicated,
+            "reordered": reordered,
+            "late_from_before": foreign,
+            "cpu_s": {n: round(v, 1) for n, v in cpu.items()},
+            "window_s": window_s,
+            **offered,
+        }
+
+    async def close(self) -> None:
+        if self.loadgen is not None:
+            await self.loadgen.quit()
+        await self.redis.aclose()
+
+
+def top_costs(path: Path, count: int = 12) -> str:
+    """The functions a py-spy raw profile (collapsed stacks) spent most samples
+    in: by self time (the innermost frame) and inclusive (anywhere on the stack)."""
+    own: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not stack or not n.isdigit():
+            continue
+        samples = int(n)
+        total += samples
+        frames = [f.split(" (")[0] + " (" + f.split(" (")[-1].split(":")[0].split("/")[-1] + ")"
+                  for f in stack.split(";")]  # fmt: skip
+        own[frames[-1]] = own.get(frames[-1], 0) + samples
+        for frame in set(frames):
+            inclusive[frame] = inclusive.get(frame, 0) + samples
+    out = [f"{path.name}: {total} samples"]
+    for title, counts in (("self", own), ("inclusive", inclusive)):
+        out.append(f"  top {title}:")
+        for frame, n in sorted(counts.items(), key=lambda kv: -kv[1])[:count]:
+            out.append(f"    {100 * n / max(total, 1):5.1f}%  {frame}")
+    return "\n".join(out)
+
+
+def table(rows: list[dict]) -> str:
+    head = (
+        f"{'mode':6} {'path':10} {'offered/s':>9} {'appended/s':>10} {'delivered/s':>11} {'p50 ms':>7} "
+        f"{'p99 ms':>7} {'max ms':>7} {'lost':>5} {'dup':>4} {'reord':>5} {'skipped':>7}"
+        "  cpu s (servers, workers)"
+    )
+    lines = [head]
+    for r in rows:
+        servers = sum(v for k, v in r["cpu_s"].items() if k.startswith("server"))
+        workers = sum(v for k, v in r["cpu_s"].items() if k.startswith("worker"))
+        lines.append(
+            f"{r['mode']:6} {r['path']:10} {r['offered']:>9} {r['appended_per_s']:>10.0f} "
+            f"{r['delivered_per_s']:>11.0f} {r['p50_ms']:>7.0f} {r['p99_ms']:>7.0f} {r['max_ms']:>7.0f} "
+            f"{r['lost']:>5} {r['duplicated']:>4} {r['reordered']:>5} {r['skipped'] * PER_CALL[r['path']]:>7}"
+            f"  {servers:.1f}, {workers:.1f}"
+        )
+    return "\n".join(lines)
+
+
+PER_CALL = {"operations": PER_OPERATION, "publish": PER_PUBLISH}
+
+
+def plot(rows: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
+    for (mode, p), style in zip(
+        sorted({(r["mode"], r["path"]) for r in rows}), ["o-", "s--", "^-", "v--"], strict=False
+    ):
+        mine = [r for r in rows if r["mode"] == mode and r["path"] == p]
+        xs = [r["offered"] for r in mine]
+        left.plot(xs, [r["delivered_per_s"] for r in mine], style, label=f"{mode}, {p}")
+        right.plot(xs, [r["p99_ms"] for r in mine], style, label=f"{mode}, {p} p99")
+    top = max(r["offered"] for r in rows)
+    left.plot([0, top], [0, top], ":", color="grey", label="delivered = offered")
+    left.set(xlabel="notifications/s offered", ylabel="notifications/s delivered (per user)")
+    right.set(xlabel="notifications/s offered", ylabel="latency p99 (ms)", yscale="log")
+    right.axhline(50, color="red", lw=0.8, ls=":")
+    right.axhline(100, color="orange", lw=0.8, ls=":")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--users", type=int, default=200)
+    parser.add_argument("--rates", default="250,500,1000,2000")
+    parser.add_argument("--seconds", type=float, default=6)
+    parser.add_argument("--paths", default="operations,publish")
+    parser.add_argument("--modes", default="topic,fanout")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--profile", default="", help="mode:path:rate of the rung to profile")
+    args = parser.parse_args()
+    rates = [int(x) for x in args.rates.split(",")]
+    about = machine()
+    print(about, flush=True)
+    prefix = f"nlbench{uuid.uuid4().hex[:10]}"
+    log_root = Path(tempfile.mkdtemp(prefix="ladder-"))
+    rows: list[dict] = []
+    users: list[tuple[str, str]] = []
+    instance_ids: list[str] = []
+    try:
+        for mode in args.modes.split(","):
+            env = {
+                "NOTIFYLAB_PREFIX": prefix,
+                "NOTIFYLAB_ROUTING": mode,
+                "NOTIFYLAB_LOG_LEVEL": "WARNING",
+                "NOTIFYLAB_API_KEY": API_KEY,
+                "NOTIFYLAB_WORKER_CONCURRENCY": "200",
+                "NOTIFYLAB_MAX_ACTIVE_OPERATIONS": "100",
+            }
+            ids = [f"{mode[0]}{i}" for i in range(2)]
+            instance_ids += ids
+            async with Lab(env, log_dir=log_root / mode) as lab:
+                servers = await asyncio.gather(*(lab.start_server(instance_id=i) for i in ids))
+                await asyncio.gather(*(lab.start_worker(f"worker-{w + 1}") for w in range(args.workers)))
+                urls = [s.url for s in servers]
+                if not users:
+                    t = time.monotonic()
+                    users = await register(urls[0], args.users)
+                    print(f"registered {len(users)} users in {time.monotonic() - t:.1f}s", flush=True)
+                run = Run(mode, prefix, users, urls, lab)
+                try:
+                    storm = await run.connect()
+                    print(f"{mode}: {storm['hellos']}/{storm['count']} sockets welcomed", flush=True)
+                    for path in args.paths.split(","):
+                        for rate in rates:
+                            profile = args.profile == f"{mode}:{path}:{rate}"
+                            row = await run.rung(path, rate, args.seconds, profile)
+                            rows.append(row)
+                            print(table([row]).splitlines()[1], flush=True)
+                finally:
+                    await run.close()
+    finally:
+        await remove(prefix, instance_ids)
+        print(f"logs: {log_root}")
+    print(about)
+    print(table(rows))
+    results = {"machine": about, "args": vars(args), "rows": rows}
+    (HERE / "ladder_results.json").write_text(json.dumps(results, indent=1))
+    if rows:
+        plot(rows, HERE / "ladder.png", f"notifylab throughput ladder, 2 instances, {args.workers} workers, "
+             f"{len(users)} users x 2 sockets; {about}")  # fmt: skip
+    for found in sorted(HERE.glob("ladder_profile_*.txt")):
+        if args.profile and args.profile.replace(":", "_") in found.name:
+            print(top_costs(found))
+    bad = [r for r in rows if r["lost"] or r["duplicated"] or r["reordered"]]
+    sys.exit(1 if bad else 0)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    asyncio.run(main())
