@@ -81,7 +81,9 @@ class Client:
         # unsafe=True: accept cookies from an IP address such as 127.0.0.1.
         self.http = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
         # python-socketio reconnects to the same URL only: failing over is ours (_failover).
-        self.sio = socketio.AsyncClient(reconnection=False)
+        # Engine.io uses our HTTP session rather than one of its own, so that
+        # close() closes everything, whatever state a connect was left in.
+        self.sio = socketio.AsyncClient(reconnection=False, http_session=self.http)
         self.token: str | None = None
         self.user: str | None = None
         self.notifications: list[Notification] = []  # each once, in the order received
