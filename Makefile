@@ -65,14 +65,15 @@ test-python:
 test-frontend:
 	cd frontend && npm test
 
-# Each lesson runs top to bottom in a fresh kernel, three at a time, each
+# Each lesson runs top to bottom in a fresh kernel, two at a time (2 cores), each
 # notebook kept whole on one worker (--dist loadfile). NOTIFYLAB_KIT_ISOLATE
 # gives every lesson a private cluster so parallel lessons never clash, and
 # NOTIFYLAB_LESSON_SESSIONS keeps lesson 08's load small.
 test-notebooks:
 	NOTIFYLAB_KIT_ISOLATE=1 NOTIFYLAB_LESSON_SESSIONS=20 $(BIN)/python -m pytest -o addopts= \
 		-p no:cacheprovider --nbval-lax --nbval-current-env --nbval-cell-timeout=180 \
-		-n 3 --dist loadfile notebooks/
+		--nbval-kernel-startup-timeout=180 \
+		-n 2 --dist loadfile notebooks/
 
 bench: setup services  ## topic routing against fanout, in figures
 	$(BIN)/python benchmarks/routing.py
