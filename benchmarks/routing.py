@@ -39,6 +39,7 @@ import redis.asyncio as aioredis
 from notifylab.config import Settings
 from notifylab.lab import Lab, LabProcess
 from notifylab.lab.client import Client
+from notifylab.lab.cluster import remove_prefix
 
 PASSWORD = "benchmark password"
 STEP_SECONDS = 0.01  # the smallest step a report accepts
@@ -288,30 +289,11 @@ async def _fanout_queues(settings: Settings) -> list[str]:
 
 
 async def remove(prefix: str, instance_ids: list[str]) -> None:
-    """Delete the prefix's Redis keys, queues and exchanges (as tests/conftest.py does,
-    plus the instances' own queues)."""
+    """Delete the prefix's Redis keys, queues and exchanges, the instances'
+    own queues and the fanout mode's server-named ones."""
     settings = Settings(prefix=prefix)
-    client = aioredis.from_url(settings.redis_url)
-    try:
-        keys = [k async for k in client.scan_iter(match=f"{prefix}:*")]
-        if keys:
-            await client.delete(*keys)
-    finally:
-        await client.aclose()
-    queues = [
-        settings.jobs_queue,
-        settings.dead_queue,
-        *map(settings.instance_queue, instance_ids),
-        *await _fanout_queues(settings),
-    ]
-    connection = await aio_pika.connect(settings.broker_url, timeout=5)
-    async with connection:
-        for queue in queues:
-            channel = await connection.channel()  # a failed delete closes its channel
-            await channel.queue_delete(queue)
-        for exchange in (settings.events_exchange, settings.fanout_exchange):
-            channel = await connection.channel()
-            await channel.exchange_delete(exchange)
+    queues = [*map(settings.instance_queue, instance_ids), *await _fanout_queues(settings)]
+    await remove_prefix(settings, queues)
 
 
 async def check_services() -> None:

@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 
 from notifylab.config import Settings
 from notifylab.lab import Lab
+from notifylab.lab.cluster import remove_prefix
 
 BROKER = Settings().broker_url
 REDIS = Settings().redis_url
@@ -46,23 +47,8 @@ async def check_services() -> None:
 
 
 async def remove(prefixes: list[str]) -> None:
-    client = aioredis.from_url(REDIS)
-    try:
-        for prefix in prefixes:
-            keys = [k async for k in client.scan_iter(match=f"{prefix}:*")]
-            if keys:
-                await client.delete(*keys)
-    finally:
-        await client.aclose()
-    connection = await aio_pika.connect(BROKER)
-    async with connection:
-        for prefix in prefixes:
-            for queue in (f"{prefix}.jobs", f"{prefix}.jobs.dead"):
-                channel = await connection.channel()
-                await channel.queue_delete(queue)
-            for exchange in (f"{prefix}.events", f"{prefix}.fanout"):
-                channel = await connection.channel()
-                await channel.exchange_delete(exchange)
+    for prefix in prefixes:
+        await remove_prefix(Settings(prefix=prefix))
 
 
 def servers(lab: Lab) -> list[str]:

@@ -25,6 +25,7 @@ import os
 import re
 import secrets
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -210,7 +211,8 @@ class Cluster:
         self.clients.clear()
         await self.lab.stop_all()
         if self.owns_prefix:
-            await _remove_prefix(self.settings, [p.name.removeprefix("server-") for p in self.servers])
+            ids = [p.name.removeprefix("server-") for p in self.servers]
+            await remove_prefix(self.settings, map(self.settings.instance_queue, ids))
 
     async def __aenter__(self) -> Cluster:
         return self
@@ -244,7 +246,10 @@ async def _health(url: str) -> dict:
         return {"ok": False, "error": "not JSON"}
 
 
-async def _remove_prefix(settings: Settings, instance_ids: list[str]) -> None:
+async def remove_prefix(settings: Settings, queues: Iterable[str] = ()) -> None:
+    """Delete every Redis key under ``settings.prefix``, the jobs and dead
+    queues, ``queues`` (e.g. the instances' own) and the prefix's exchanges.
+    The lessons, the tests and the benchmark clean up with it."""
     redis = aioredis.from_url(settings.redis_url)
     try:
         keys = [k async for k in redis.scan_iter(match=f"{settings.prefix}:*")]
@@ -254,9 +259,9 @@ async def _remove_prefix(settings: Settings, instance_ids: list[str]) -> None:
         await redis.aclose()
     connection = await aio_pika.connect(settings.broker_url, timeout=5)
     async with connection:
-        channel = await connection.channel()
-        queues = [settings.jobs_queue, settings.dead_queue, *map(settings.instance_queue, instance_ids)]
-        for queue in queues:
+        for queue in (settings.jobs_queue, settings.dead_queue, *queues):
+            channel = await connection.channel()  # a failed delete closes its channel
             await channel.queue_delete(queue)
         for exchange in (settings.events_exchange, settings.fanout_exchange):
+            channel = await connection.channel()
             await channel.exchange_delete(exchange)
