@@ -70,15 +70,19 @@ class Settings:
     hash_concurrency: int = 2  # Argon2 hashes in flight per instance (CPU-bound)
     max_active_operations: int = 10  # per user: queued or running at once
     session_check_seconds: int = 30  # how often open sockets' sessions are re-checked
+    # The key other backend services present to POST /api/publish (as
+    # "Authorization: Bearer <key>"). Empty: the publish API is off.
+    api_key: str = field(default="", repr=False)
     # Redis connections per process. A full pool makes a caller wait (up to
     # redis_pool_wait seconds) instead of failing: a reconnect storm or a busy
     # worker slows down rather than losing work. A worker's pool is never
     # smaller than its concurrency needs (see store/connect.py).
-    # The key other backend services present to POST /api/publish (as
-    # "Authorization: Bearer <key>"). Empty: the publish API is off.
-    api_key: str = field(default="", repr=False)
     redis_pool_size: int = 64
     redis_pool_wait: int = 20
+    # permessage-deflate on websockets. Off: our frames are small JSON, and
+    # compressing them cost a quarter of a busy instance's CPU (a deflate per
+    # frame per socket) and a zlib state per idle socket (benchmarks/README.md).
+    ws_compression: bool = False
 
     ENV_NAMES: ClassVar[dict[str, str]] = {  # field -> environment variable
         "broker_url": "NOTIFYLAB_BROKER_URL",
@@ -105,6 +109,7 @@ class Settings:
         "api_key": "NOTIFYLAB_API_KEY",
         "redis_pool_size": "NOTIFYLAB_REDIS_POOL_SIZE",
         "redis_pool_wait": "NOTIFYLAB_REDIS_POOL_WAIT",
+        "ws_compression": "NOTIFYLAB_WS_COMPRESSION",
     }
 
     def __post_init__(self) -> None:

@@ -4,6 +4,7 @@
   out of ``message["data"]``, a format python-socketio changed three times in
   5.x. If an upgrade changes it again, this fails instead of delivery quietly
   falling back on the feed's gap filling.
+- engine.io's aiohttp websocket class, which we swap to set compression.
 - The package's import graph: no circle, and the kernel side (``lab``,
   ``widgets``) never imports the server or the store.
 """
@@ -16,9 +17,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import aiohttp
+
 from fakes import SETTINGS, fake_redis, make_feed
 from notifylab.bus.managers import TopicManager, publish_notification, routing_key
 from notifylab.protocol import user_room
+from support import servers
 
 PACKAGE = Path(__file__).resolve().parent.parent / "notifylab"
 
@@ -130,3 +134,19 @@ def test_the_kernel_side_never_imports_the_server_or_the_store():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "[]"
+
+
+async def test_websocket_compression_is_what_the_settings_say(make_lab):
+    """engine.io has no option for permessage-deflate; sockets.Server swaps
+    its aiohttp websocket class to honour NOTIFYLAB_WS_COMPRESSION. A client
+    that offers deflate gets it only where the setting turns it on (an
+    engine.io upgrade that renames the driver's class fails here)."""
+    offered = {}
+    for setting in ("false", "true"):
+        lab = await make_lab(servers=1, workers=0, NOTIFYLAB_WS_COMPRESSION=setting)
+        url = servers(lab)[0] + "/socket.io/?EIO=4&transport=websocket"
+        async with aiohttp.ClientSession() as http, http.ws_connect(url, compress=15) as ws:
+            opening = await ws.receive_str()  # engine.io's "0{...}" open packet
+            assert opening.startswith("0{"), opening
+            offered[setting] = ws.compress
+    assert offered == {"false": 0, "true": 15}

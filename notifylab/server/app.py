@@ -109,6 +109,7 @@ def create_app(settings: Settings) -> web.Application:
         max_http_buffer_size=MAX_BODY,
         logger=False,
         engineio_logger=False,
+        ws_compression=settings.ws_compression,
     )
     app = web.Application(client_max_size=MAX_BODY, middlewares=[http.errors_middleware])
     services = Services(settings, sio)
