@@ -61,8 +61,10 @@ class Worker:
 
     async def _move(self, op: Operation, type_: str, fenced: bool = True, **changes) -> Operation:
         # Fenced by our attempt number, except for the moves that start one.
+        # ``op`` is the record as we last wrote it, so the step is one round
+        # trip; if someone moved it since (a cancel), Redis refuses and it is read again.
         attempt = op.attempts if fenced else None
-        op, note = await self.operations.transition(op.id, type_, attempt, **changes)
+        op, note = await self.operations.transition(op.id, type_, attempt, current=op, **changes)
         await publish_notification(self.emitter, note)
         return op
 
@@ -148,8 +150,11 @@ class Worker:
         """Sleep one step; False if the operation was cancelled meanwhile."""
         loop = asyncio.get_running_loop()
         end = loop.time() + seconds
-        while (left := end - loop.time()) > 0:
-            await asyncio.sleep(min(left, CANCEL_POLL_SECONDS))
+        # Only a long wait looks for a cancel: after a short one the next
+        # step's write is refused anyway if the operation was cancelled.
+        while (left := end - loop.time()) > CANCEL_POLL_SECONDS:
+            await asyncio.sleep(CANCEL_POLL_SECONDS)
             if await self.operations.state(op.id) in TERMINAL:
                 return False
+        await asyncio.sleep(max(0.0, left))
         return True

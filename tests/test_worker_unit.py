@@ -123,6 +123,42 @@ async def test_fail_at_is_a_final_failure_not_a_retry(parts):
     assert emitter.types == ["started", "progress", "failed"]
 
 
+async def test_a_stale_copy_is_refused_by_its_version_never_written_over():
+    # A worker writes from the record it last wrote; a cancel moved it since.
+    operations = make_operations(fake_redis())
+    op, _ = await operations.create("ann", "report", PARAMS)
+    started, _ = await operations.transition(op.id, "operation.started", attempts=1)
+    await operations.transition(op.id, "operation.cancelled", message="Cancelled from a test")
+    with pytest.raises(TransitionRefused, match="cancelled"):
+        await operations.transition(op.id, "operation.progress", attempt=1, current=started, step=1)
+    record = await operations.get(op.id)
+    assert (record.state, record.step, record.version) == ("cancelled", 0, 3)
+    types = [n["type"] for n in await operations.inbox.after("ann")]
+    assert types == ["operation.queued", "operation.started", "operation.cancelled"]
+
+
+async def test_a_stale_copy_still_allowed_is_read_again_then_written():
+    operations = make_operations(fake_redis())
+    op, _ = await operations.create("ann", "report", PARAMS)
+    started, _ = await operations.transition(op.id, "operation.started", attempts=1)
+    # Something else wrote meanwhile (here: a step of the same attempt).
+    await operations.transition(op.id, "operation.progress", attempt=1, step=1, message="one")
+    moved, note = await operations.transition(op.id, "operation.progress", attempt=1, current=started, step=2)
+    # Built on what is in Redis now (version 3, message "one"), not on the stale copy.
+    assert (moved.step, moved.version, moved.message) == (2, 4, "one")
+    assert await operations.get(op.id) == moved and note["step"] == 2
+
+
+async def test_creating_an_operation_whose_id_exists_fails_and_writes_nothing(monkeypatch):
+    operations = make_operations(fake_redis())
+    op, _ = await operations.create("ann", "report", PARAMS)
+    monkeypatch.setattr("secrets.token_hex", lambda _n: op.id)
+    with pytest.raises(RuntimeError, match="taken"):
+        await operations.create("ann", "report", {**PARAMS, "steps": 9})
+    assert (await operations.get(op.id)).steps == PARAMS["steps"]
+    assert len(await operations.inbox.after("ann")) == 1
+
+
 STATES = ["queued", "running", "restarted", "succeeded", "failed", "cancelled"]
 
 
@@ -131,7 +167,7 @@ STATES = ["queued", "running", "restarted", "succeeded", "failed", "cancelled"]
 async def test_each_transition_is_allowed_from_exactly_its_states(type_, state):
     operations = make_operations(fake_redis())
     op, _ = await operations.create("ann", "report", PARAMS)
-    await operations.redis.hset(operations._key(op.id), "state", state)
+    await operations.redis.hset(operations.record_key(op.id), "state", state)
     new_state, allowed = TRANSITIONS[type_]
     if state in allowed:
         moved, note = await operations.transition(op.id, type_)

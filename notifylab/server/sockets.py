@@ -246,12 +246,12 @@ class SocketHandlers:
         inbox, operations = self.services.inbox, self.services.operations
         async with inbox.redis.pipeline(transaction=False) as pipe:
             inbox.queue_read_mark(pipe, user)
-            pipe.zrevrange(operations._user_key(user), 0, HELLO_OPERATIONS - 1)
+            pipe.zrevrange(operations.index_key(user), 0, HELLO_OPERATIONS - 1)
             mark, op_ids = await pipe.execute()
         async with inbox.redis.pipeline(transaction=False) as pipe:
             inbox.queue_unread(pipe, user, mark, upto=cursor)
             for op_id in op_ids:
-                pipe.hgetall(operations._key(op_id))
+                pipe.hgetall(operations.record_key(op_id))
             entries, *records = await pipe.execute()
         ops = [Operation.from_redis(record).as_dict() for record in records if record]
         return inbox.count_unread(entries), ops

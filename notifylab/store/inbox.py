@@ -25,6 +25,7 @@ from ..config import Settings
 from ..ids import ZERO, id_after
 from ..protocol import BusNotification, Notification, is_inbox_item
 
+ENTRY_FIELD = "n"  # a stream entry is one field: the notification as JSON
 ITEMS_PAGE = 200  # entries read per round trip when looking back for inbox items
 
 
@@ -42,21 +43,29 @@ class Inbox:
     def _read_key(self, user: str) -> str:
         return self.settings.key("read", user)
 
+    def entry(self, user: str, notification: dict[str, Any]) -> tuple[str, int, str, str]:
+        """How a notification is stored, for a caller that appends it inside a
+        Lua script (``store/operations.py``): the stream, its MAXLEN (``~``),
+        the entry's field and value."""
+        return self.key(user), self.settings.inbox_max, ENTRY_FIELD, json.dumps(notification)
+
     def queue_append(self, pipe: Pipeline, user: str, notification: dict[str, Any]) -> None:
         """Add the append to a transaction ``pipe``; its last two results are
         [the previous newest entry] and the new id (see :meth:`appended`)."""
-        pipe.xrevrange(self.key(user), count=1)
-        pipe.xadd(
-            self.key(user), {"n": json.dumps(notification)}, maxlen=self.settings.inbox_max, approximate=True
-        )
+        key, maxlen, field_name, value = self.entry(user, notification)
+        pipe.xrevrange(key, count=1)
+        pipe.xadd(key, {field_name: value}, maxlen=maxlen, approximate=True)
 
-    @staticmethod
-    def appended(results: list, notification: dict[str, Any]) -> BusNotification:
+    @classmethod
+    def appended(cls, results: list, notification: dict[str, Any]) -> BusNotification:
         """The notification with the ``id`` and ``prev`` a transaction gave it."""
         previous, new_id = results[-2], results[-1]
-        return cast(
-            BusNotification, {**notification, "id": new_id, "prev": previous[0][0] if previous else ZERO}
-        )
+        return cls.with_ids(notification, new_id, previous[0][0] if previous else ZERO)
+
+    @staticmethod
+    def with_ids(notification: dict[str, Any], new_id: str, prev: str) -> BusNotification:
+        """The notification as it travels: with its stream id and the id before it."""
+        return cast(BusNotification, {**notification, "id": new_id, "prev": prev})
 
     async def append(self, user: str, notification: dict[str, Any]) -> BusNotification:
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -66,7 +75,8 @@ class Inbox:
     @staticmethod
     def _decode(entries: list) -> list[Notification]:
         return [
-            cast(Notification, {**json.loads(fields["n"]), "id": entry_id}) for entry_id, fields in entries
+            cast(Notification, {**json.loads(fields[ENTRY_FIELD]), "id": entry_id})
+            for entry_id, fields in entries
         ]
 
     async def after(
