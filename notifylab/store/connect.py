@@ -39,7 +39,7 @@ async def connect_redis(settings: Settings) -> aioredis.Redis:
         socket_connect_timeout=5,
         health_check_interval=10,
     )
-    client = aioredis.Redis(connection_pool=pool)
+    client = aioredis.Redis.from_pool(pool)  # owns the pool: aclose() closes its connections
     try:
         async with asyncio.timeout(5):
             await client.ping()
