@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 
+import aio_pika
 import aiohttp
 import pytest
 
-from support import servers
+from notifylab.bus.managers import ACK_EVERY, TopicManager
+from notifylab.config import Settings
+from support import new_prefix, servers
 
 STEPS = 5
 PER_OPERATION = STEPS + 3  # queued, started, progress x STEPS, succeeded
@@ -73,3 +76,39 @@ async def test_the_metrics_page_speaks_prometheus(stack, clients):
     assert await metric(url, "notifylab_sockets_connected") >= 1
     assert await metric(url, "notifylab_notifications_delivered_total") >= 4
     assert await metric(url, "notifylab_delivery_latency_seconds_count") >= 4
+
+
+async def test_an_instance_acks_what_it_handled_in_batches(services, monkeypatch):
+    """The listener acks with ``multiple`` (one frame for up to ACK_EVERY
+    messages), and everything handled is acked: closing the connection
+    after handling sends nothing back to the queue."""
+    acks: list[bool] = []
+    original = aio_pika.IncomingMessage.ack
+
+    async def counted(self, multiple: bool = False) -> None:
+        acks.append(multiple)
+        await original(self, multiple)
+
+    monkeypatch.setattr(aio_pika.IncomingMessage, "ack", counted)
+    settings = Settings(prefix=new_prefix(), instance_id="acks")
+    listener, publisher = TopicManager(settings), TopicManager(settings, write_only=True)
+    await listener.start_listener()
+    await listener.subscribe("ann")
+    count = 3 * ACK_EVERY
+    for i in range(count):
+        await publisher.emit("notification", {"user": "ann", "i": i}, room="user:ann")
+    received = listener._listen()
+    bodies = [await received.__anext__() for _ in range(count)]
+    with pytest.raises(TimeoutError):  # lets the last one be acked, then finds nothing more
+        await asyncio.wait_for(received.__anext__(), 1)
+    await listener.close()
+    await publisher.close()
+    assert len(bodies) == count
+    assert all(acks) and len(acks) < count / 2  # batched: far fewer frames than messages
+    connection = await aio_pika.connect(settings.broker_url)
+    channel = await connection.channel()
+    queue = await channel.declare_queue(settings.instance_queue(), passive=True)
+    left = queue.declaration_result.message_count
+    await channel.queue_delete(settings.instance_queue())
+    await connection.close()
+    assert left == 0  # none came back unacked
