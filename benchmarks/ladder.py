@@ -3,6 +3,7 @@
     python benchmarks/ladder.py [--users 200] [--rates 250,500,1000,2000] [--seconds 6]
                                 [--paths operations,publish] [--modes topic,fanout]
                                 [--profile topic:operations:1000]
+                                [--config base:topic:/tmp/notifylab-base --config new:topic ...]
 
 For each routing mode (``NOTIFYLAB_ROUTING``) it starts 2 server instances and
 2 workers (one ``NOTIFYLAB_PREFIX`` for the whole run, so the users are
@@ -299,19 +300,20 @@ def top_costs(path: Path, count: int = 12) -> str:
 
 def table(rows: list[dict]) -> str:
     head = (
-        f"{'mode':6} {'path':10} {'offered/s':>9} {'appended/s':>10} {'delivered/s':>11} {'p50 ms':>7} "
+        f"{'mode':8} {'path':10} {'offered/s':>9} {'appended/s':>10} {'delivered/s':>11} {'p50 ms':>7} "
         f"{'p99 ms':>7} {'max ms':>7} {'lost':>5} {'dup':>4} {'reord':>5} {'skipped':>7}"
-        "  cpu s (servers, workers)"
+        "  cpu s (servers, workers)  cpu us/notification (servers, workers)"
     )
     lines = [head]
     for r in rows:
         servers = sum(v for k, v in r["cpu_s"].items() if k.startswith("server"))
         workers = sum(v for k, v in r["cpu_s"].items() if k.startswith("worker"))
         lines.append(
-            f"{r['mode']:6} {r['path']:10} {r['offered']:>9} {r['appended_per_s']:>10.0f} "
+            f"{r['mode']:8} {r['path']:10} {r['offered']:>9} {r['appended_per_s']:>10.0f} "
             f"{r['delivered_per_s']:>11.0f} {r['p50_ms']:>7.0f} {r['p99_ms']:>7.0f} {r['max_ms']:>7.0f} "
             f"{r['lost']:>5} {r['duplicated']:>4} {r['reordered']:>5} {r['skipped'] * PER_CALL[r['path']]:>7}"
             f"  {servers:.1f}, {workers:.1f}"
+            f"  {1e6 * servers / max(r['appended'], 1):.0f}, {1e6 * workers / max(r['appended'], 1):.0f}"
         )
     return "\n".join(lines)
 
@@ -347,6 +349,19 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     fig.savefig(path, dpi=110)
 
 
+def _config(text: str) -> tuple[str, str, str | None]:
+    """``LABEL:MODE[:TREE]`` -> (label, mode, tree or None)."""
+    label, mode, *rest = text.split(":", 2)
+    if mode not in ("topic", "fanout") or not label.isalnum():
+        raise SystemExit(f"--config {text!r}: want LABEL:topic|fanout[:TREE], LABEL letters and digits")
+    tree = str(Path(rest[0]).resolve()) if rest else None
+    if tree and not (Path(tree) / "notifylab" / "__init__.py").exists():
+        raise SystemExit(f"--config {text!r}: no notifylab package in {tree}")
+    if tree and (Path.cwd() / "notifylab").is_dir():  # python -m puts the current directory first
+        raise SystemExit("--config with a TREE: run the ladder from outside a checkout (cd /tmp)")
+    return label, mode, tree
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--users", type=int, default=200)
@@ -356,7 +371,17 @@ async def main() -> None:
     parser.add_argument("--modes", default="topic,fanout")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--profile", default="", help="mode:path:rate of the rung to profile")
+    parser.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="LABEL:MODE[:TREE]",
+        help="instead of --modes: a routing mode run from another checkout of notifylab "
+        "(e.g. base:topic:/tmp/notifylab-base, made with `git worktree add`), so that code "
+        "before and after a change is measured in the same run; repeat it",
+    )
     args = parser.parse_args()
+    configs = [_config(c) for c in args.config] or [(m, m, None) for m in args.modes.split(",")]
     rates = [int(x) for x in args.rates.split(",")]
     about = machine()
     print(about, flush=True)
@@ -366,8 +391,10 @@ async def main() -> None:
     users: list[tuple[str, str]] = []
     instance_ids: list[str] = []
     try:
-        for mode in args.modes.split(","):
+        for label, mode, tree in configs:
             env = {
+                **({"PYTHONPATH": tree} if tree else {}),  # its notifylab before the installed one
+                "NOTIFYLAB_STATIC_DIR": str(HERE.parent / "frontend" / "dist"),
                 "NOTIFYLAB_PREFIX": prefix,
                 "NOTIFYLAB_ROUTING": mode,
                 "NOTIFYLAB_LOG_LEVEL": "WARNING",
@@ -375,9 +402,9 @@ async def main() -> None:
                 "NOTIFYLAB_WORKER_CONCURRENCY": "200",
                 "NOTIFYLAB_MAX_ACTIVE_OPERATIONS": "100",
             }
-            ids = [f"{mode[0]}{i}" for i in range(2)]
+            ids = [f"{label}{i}" for i in range(2)]
             instance_ids += ids
-            async with Lab(env, log_dir=log_root / mode) as lab:
+            async with Lab(env, log_dir=log_root / label) as lab:
                 servers = await asyncio.gather(*(lab.start_server(instance_id=i) for i in ids))
                 await asyncio.gather(*(lab.start_worker(f"worker-{w + 1}") for w in range(args.workers)))
                 urls = [s.url for s in servers]
@@ -385,10 +412,10 @@ async def main() -> None:
                     t = time.monotonic()
                     users = await register(urls[0], args.users)
                     print(f"registered {len(users)} users in {time.monotonic() - t:.1f}s", flush=True)
-                run = Run(mode, prefix, users, urls, lab)
+                run = Run(label, prefix, users, urls, lab)
                 try:
                     storm = await run.connect()
-                    print(f"{mode}: {storm['hellos']}/{storm['count']} sockets welcomed", flush=True)
+                    print(f"{label}: {storm['hellos']}/{storm['count']} sockets welcomed", flush=True)
                     for path in args.paths.split(","):
                         for rate in rates:
                             profile = args.profile == f"{mode}:{path}:{rate}"
