@@ -1,17 +1,39 @@
-"""Helpers the tests share (imported by both conftest files and the tests)."""
+"""Helpers the tests share (imported by both conftest files and the tests).
+
+tests/ is on sys.path for every test, tests/browser/ only once its conftest
+has loaded, so what tests/test_kit.py shares with the browser tests lives
+here: ``notifylab kit`` as a subprocess and Debian's Chromium. And a Redis of
+a test's own, for the tests that take Redis away.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
 import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import aio_pika
+import psutil
 import pytest
 import redis.asyncio as aioredis
 
 from notifylab.config import Settings
-from notifylab.lab import Lab
+from notifylab.lab import Lab, free_port
 from notifylab.lab.cluster import remove_prefix
+
+ROOT = Path(__file__).resolve().parent.parent
 
 BROKER = Settings().broker_url
 REDIS = Settings().redis_url
@@ -53,3 +75,239 @@ async def remove(prefixes: list[str]) -> None:
 
 def servers(lab: Lab) -> list[str]:
     return [p.url for p in lab.processes if p.url]
+
+
+# --- a Redis of the test's own -----------------------------------------------------------------
+
+
+class PrivateRedis:
+    """A ``redis-server`` on a free port of 127.0.0.1, for a test to kill (an
+    outage) and start again. It keeps nothing on disk, unless ``keep_data``:
+    then an append-only file written at every command, so that it comes back
+    with its data, like a production one."""
+
+    def __init__(self, folder: Path, keep_data: bool = False):
+        self.folder = folder
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        persistence = (
+            ["--appendonly", "yes", "--appendfsync", "always"] if keep_data else ["--appendonly", "no"]
+        )
+        self.args = [
+            *("--port", str(self.port), "--bind", "127.0.0.1", "--save", ""),
+            *persistence,
+            *("--dir", str(folder), "--logfile", str(folder / "redis.log")),
+        ]
+        self.process: asyncio.subprocess.Process | None = None
+
+    async def start(self, timeout: float = 10.0) -> None:
+        """Start it (again: same port, same folder) and wait until it answers PING."""
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.fail("redis-server is not installed (see README)", pytrace=False)
+        self.process = await asyncio.create_subprocess_exec(
+            binary, *self.args, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL
+        )
+        client = aioredis.from_url(self.url)
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    if self.process.returncode is not None:
+                        pytest.fail(f"redis-server exited ({self.process.returncode}):\n{self.log()}")
+                    try:
+                        await client.ping()
+                        return
+                    except (OSError, aioredis.ConnectionError):
+                        await asyncio.sleep(0.05)
+        except TimeoutError:
+            pytest.fail(f"redis-server did not answer PING in {timeout:.0f} s:\n{self.log()}")
+        finally:
+            await client.aclose()
+
+    async def kill(self) -> None:
+        """SIGKILL, as in a crash (nothing if it is not running)."""
+        if self.process is not None and self.process.returncode is None:
+            self.process.kill()
+            await self.process.wait()
+
+    def log(self) -> str:
+        path = self.folder / "redis.log"
+        return path.read_text(errors="replace")[-3000:] if path.exists() else "(no log)"
+
+
+@contextlib.asynccontextmanager
+async def private_redis(keep_data: bool = False) -> AsyncIterator[PrivateRedis]:
+    """A running :class:`PrivateRedis`; killed, and its folder removed, on the way out."""
+    redis = PrivateRedis(Path(tempfile.mkdtemp(prefix="notifylab-redis-")), keep_data)
+    try:
+        await redis.start()
+        yield redis
+    finally:
+        await redis.kill()
+        shutil.rmtree(redis.folder, ignore_errors=True)
+
+
+# --- `notifylab kit` as a subprocess (tests/test_kit.py, tests/browser/test_jupyterlab.py) ----
+
+# The URL the kit prints: JupyterLab's base URL, its port and the token.
+KIT_URL = re.compile(
+    r"(?P<base>http://127\.0\.0\.1:(?P<port>\d+))/lab/workspaces/notifylab\?token=(?P<token>\S+)"
+)
+KIT_START_TIMEOUT = 120.0  # two instances, a worker, then JupyterLab (10-30 s here)
+KIT_STOP_TIMEOUT = 60.0
+
+
+class Kit:
+    """``notifylab kit`` as a subprocess, as ``make up`` runs it; a thread
+    collects its output lines. Its waits block: Playwright's sync tests call
+    them as they are, async tests through ``asyncio.to_thread``."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None):
+        # Never NOTIFYLAB_KIT_ISOLATE (set for the lessons): the kernels must join the kit's cluster.
+        inherited = {k: v for k, v in os.environ.items() if k != "NOTIFYLAB_KIT_ISOLATE"}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "notifylab", "kit", *args],
+            cwd=ROOT,
+            env={**inherited, **(env or {})},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+        )
+        self.lines: list[str] = []
+        self.seen: list[psutil.Process] = []  # every descendant looked at, to kill should the kit not
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line.rstrip())
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_for(self, pattern: re.Pattern, timeout: float = KIT_START_TIMEOUT) -> re.Match:
+        """The first output line matching ``pattern``; fails if the kit exits first."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                if m := pattern.search(line):
+                    return m
+            if self.process.poll() is not None:
+                self._reader.join(5)
+                pytest.fail(
+                    f"the kit exited ({self.process.returncode}) before printing "
+                    f"{pattern.pattern!r}:\n{self.output[-4000:]}",
+                    pytrace=False,
+                )
+            time.sleep(0.1)
+        pytest.fail(f"no {pattern.pattern!r} from the kit in {timeout:.0f} s:\n{self.output[-4000:]}")
+
+    def descendants(self) -> list[psutil.Process]:
+        """Its descendants now, each also remembered in ``seen``."""
+        found: list[psutil.Process] = []
+        with contextlib.suppress(psutil.Error):
+            found = psutil.Process(self.process.pid).children(recursive=True)
+        self.seen += [proc for proc in found if proc not in self.seen]
+        return found
+
+    def named(self, word: str) -> psutil.Process:
+        """The descendant whose command line holds ``word``."""
+        for proc in self.descendants():
+            with contextlib.suppress(psutil.Error):
+                if word in " ".join(proc.cmdline()):
+                    return proc
+        raise AssertionError(
+            f"no child of the kit runs {word!r}: {[p.cmdline() for p in self.descendants()]}"
+        )
+
+    def wait_exit(self, timeout: float = KIT_STOP_TIMEOUT) -> int:
+        """Its exit code, once it has exited and all its output is read."""
+        try:
+            code = self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the kit did not exit in {timeout:.0f} s:\n{self.output[-4000:]}")
+        self._reader.join(5)
+        return code
+
+    def interrupt(self, timeout: float = KIT_STOP_TIMEOUT) -> int:
+        """SIGINT, as Ctrl-C in the terminal; its exit code."""
+        self.descendants()
+        self.process.send_signal(signal.SIGINT)
+        return self.wait_exit(timeout)
+
+    def alive_after(self, timeout: float = 10.0) -> list[str]:
+        """Descendants seen while it ran that still run after ``timeout`` s."""
+        deadline = time.monotonic() + timeout
+        while True:
+            alive = []
+            for proc in self.seen:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                        alive.append(f"{proc.pid} {' '.join(proc.cmdline())[:120]}")
+            if not alive or time.monotonic() > deadline:
+                return alive
+            time.sleep(0.2)
+
+    def cleanup(self) -> None:
+        """Whatever a failed test left: stop the kit and what it started (only that)."""
+        if self.process.poll() is None:
+            self.descendants()
+            self.process.send_signal(signal.SIGINT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=KIT_STOP_TIMEOUT)
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        for proc in self.seen:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()  # psutil checks that the pid is still the process it saw
+        self._reader.join(5)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+
+
+@contextlib.contextmanager
+def running_kit(*args: str, env: dict[str, str] | None = None) -> Iterator[Kit]:
+    """``notifylab kit *args``, ``env`` over this environment; stopped after."""
+    kit = Kit(*args, env=env)
+    try:
+        yield kit
+    finally:
+        kit.cleanup()
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def wait_ports_free(ports: list[int], timeout: float = 15.0) -> list[int]:
+    """Those of ``ports`` still taken after up to ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        taken = [p for p in ports if not port_free(p)]
+        if not taken or time.monotonic() > deadline:
+            return taken
+        time.sleep(0.2)
+
+
+# --- Debian's Chromium, for Playwright (which downloads no browser here) ----------------------
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]

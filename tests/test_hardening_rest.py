@@ -13,11 +13,9 @@ import asyncio
 import contextlib
 import itertools
 import json
-import shutil
 import sys
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import aiohttp
 import pytest
@@ -25,7 +23,7 @@ import redis.asyncio as aioredis
 
 from notifylab.lab import Lab, free_port
 from notifylab.lab.client import Client
-from support import PASSWORD, REDIS, new_prefix, new_username, servers
+from support import PASSWORD, REDIS, PrivateRedis, new_prefix, new_username, private_redis, servers
 
 ATTEMPTS = 3
 BALANCER = "https://notifylab.example:8443"  # the extra allowed origin
@@ -486,39 +484,19 @@ async def test_common_passwords_and_ones_holding_the_username_are_refused(lab, p
 
 
 @pytest.fixture
-async def doomed_redis(tmp_path: Path) -> AsyncIterator[tuple[str, asyncio.subprocess.Process]]:
+async def doomed_redis() -> AsyncIterator[PrivateRedis]:
     """A Redis of the test's own, keeping nothing on disk, for the test to kill."""
-    port = free_port()
-    server = await asyncio.create_subprocess_exec(
-        shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind", "127.0.0.1",
-        "--save", "", "--appendonly", "no", "--daemonize", "no", "--dir", str(tmp_path),
-        stdout=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
-    url = f"redis://127.0.0.1:{port}/0"
-    client = aioredis.from_url(url)
-    async with asyncio.timeout(10):
-        while True:
-            try:
-                await client.ping()
-                break
-            except Exception:
-                await asyncio.sleep(0.05)
-    await client.aclose()
-    yield url, server
-    if server.returncode is None:
-        server.kill()
-        await server.wait()
+    async with private_redis() as redis:
+        yield redis
 
 
 async def test_rest_answers_503_while_redis_is_down(make_lab, doomed_redis):
-    redis_url, redis_server = doomed_redis
-    lab = await make_lab(servers=1, workers=0, NOTIFYLAB_REDIS_URL=redis_url)
+    lab = await make_lab(servers=1, workers=0, NOTIFYLAB_REDIS_URL=doomed_redis.url)
     url = servers(lab)[0]
     me = Client(url)
     try:
         await me.register(new_username(), PASSWORD)
-        redis_server.kill()
-        await redis_server.wait()
+        await doomed_redis.kill()
         async with me.http.get(f"{url}/api/me") as r:
             assert r.status == 503 and "retry" in (await r.json())["error"]
             assert r.headers["Retry-After"].isdigit()

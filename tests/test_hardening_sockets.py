@@ -6,19 +6,16 @@ before its fix."""
 from __future__ import annotations
 
 import asyncio
-import shutil
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
-import redis.asyncio as aioredis
 import socketio
-from redis.exceptions import ConnectionError as RedisConnectionError
 
-from notifylab.lab import free_port
 from notifylab.lab.client import Client, ClientError
-from support import servers
+from support import PrivateRedis, private_redis, servers
 
 
 def log_of(lab, index: int = 0) -> str:
@@ -89,42 +86,19 @@ async def test_an_event_over_the_size_limit_is_refused_at_once_and_the_client_co
 
 
 @pytest.fixture
-async def doomed_redis():
+async def doomed_redis() -> AsyncIterator[PrivateRedis]:
     """A Redis of the test's own, keeping nothing on disk, that the test kills."""
-    port = free_port()
-    process = await asyncio.create_subprocess_exec(
-        shutil.which("redis-server") or "redis-server",
-        *("--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"),
-        stdout=asyncio.subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    client = aioredis.from_url(url)
-    async with asyncio.timeout(10):
-        while True:
-            try:
-                await client.ping()
-                break
-            except (OSError, RedisConnectionError):
-                await asyncio.sleep(0.05)
-    await client.aclose()
-
-    async def kill() -> None:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-
-    yield url, kill
-    await kill()
+    async with private_redis() as redis:
+        yield redis
 
 
 async def test_during_a_redis_outage_events_and_connects_say_service_unavailable(
     make_lab, clients, doomed_redis
 ):
-    url, kill_redis = doomed_redis
-    lab = await make_lab(servers=1, workers=0, NOTIFYLAB_REDIS_URL=url)
+    lab = await make_lab(servers=1, workers=0, NOTIFYLAB_REDIS_URL=doomed_redis.url)
     (instance,) = servers(lab)
     me = await clients(instance)
-    await kill_redis()
+    await doomed_redis.kill()
 
     for event, data in (("sync", {"after": "0-0"}), ("operation:start", {"kind": "report"})):
         with pytest.raises(ClientError) as refused:

@@ -12,19 +12,14 @@ bounded.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
-import re
-import signal
 import socket
-import sys
 import tomllib
 from importlib.metadata import version as installed_version
 from pathlib import Path
 
 import aiohttp
-import psutil
 import pytest
 import yaml
 from packaging.requirements import Requirement
@@ -32,167 +27,18 @@ from packaging.utils import canonicalize_name
 from traitlets.config.loader import PyFileConfigLoader
 
 from notifylab.lab import free_port
-from support import new_prefix
+from support import CHROMIUM, CHROMIUM_ARGS, KIT_URL, new_prefix, port_free, running_kit
 
 ROOT = Path(__file__).resolve().parent.parent
 JUPYTER = ROOT / "jupyter"
 WORKSPACE = JUPYTER / "workspace.json"
 DIST_INDEX = ROOT / "frontend" / "dist" / "index.html"
-URL = re.compile(r"(http://127\.0\.0\.1:(\d+))/lab/workspaces/notifylab\?token=(\S+)")
-START_TIMEOUT = 120  # two instances, a worker, then JupyterLab (about 10 s here)
-STOP_TIMEOUT = 60
-# Debian's Chromium, launched as tests/browser does (Playwright downloads no browser).
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 # PyPI name -> conda-forge name, where they differ.
 CONDA_NAMES = {"redis": "redis-py", "prometheus-client": "prometheus_client", "matplotlib": "matplotlib-base"}
 
 
-# --- running the kit -------------------------------------------------------------------
-
-
-class Kit:
-    """``notifylab kit`` as a subprocess; its output is read as it comes."""
-
-    def __init__(self, *args: str, env: dict[str, str] | None = None):
-        self.args = list(args)
-        self.env = {**os.environ, **(env or {})}
-        self.process: asyncio.subprocess.Process | None = None
-        self.lines: list[str] = []
-        self.seen: list[psutil.Process] = []  # every descendant ever looked at
-        self._reader: asyncio.Task | None = None
-        self._new_line = asyncio.Event()
-
-    @property
-    def output(self) -> str:
-        return "\n".join(self.lines)
-
-    async def start(self) -> Kit:
-        self.process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "notifylab",
-            "kit",
-            *self.args,
-            cwd=ROOT,
-            env=self.env,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-        self._reader = asyncio.create_task(self._read())
-        return self
-
-    async def _read(self) -> None:
-        assert self.process and self.process.stdout
-        while line := await self.process.stdout.readline():
-            self.lines.append(line.decode(errors="replace").rstrip())
-            self._new_line.set()
-        self._new_line.set()
-
-    async def wait_for(self, pattern: re.Pattern | str, timeout: float) -> re.Match:
-        """The first output line matching ``pattern``; fails if the kit exits first."""
-        pattern = re.compile(pattern) if isinstance(pattern, str) else pattern
-        try:
-            async with asyncio.timeout(timeout):
-                while True:
-                    for line in self.lines:
-                        if m := pattern.search(line):
-                            return m
-                    if self._reader and self._reader.done():
-                        await self.process.wait()  # its output has ended: it is exiting
-                        pytest.fail(
-                            f"the kit exited ({self.process.returncode}) before printing "
-                            f"{pattern.pattern!r}:\n{self.output[-4000:]}"
-                        )
-                    self._new_line.clear()
-                    await self._new_line.wait()
-        except TimeoutError:
-            pytest.fail(f"no {pattern.pattern!r} from the kit in {timeout} s:\n{self.output[-4000:]}")
-
-    def descendants(self) -> list[psutil.Process]:
-        found = psutil.Process(self.process.pid).children(recursive=True)
-        for proc in found:
-            if proc not in self.seen:
-                self.seen.append(proc)
-        return found
-
-    def named(self, word: str) -> psutil.Process:
-        for proc in self.descendants():
-            with contextlib.suppress(psutil.Error):
-                if word in " ".join(proc.cmdline()):
-                    return proc
-        raise AssertionError(
-            f"no child of the kit runs {word!r}: {[p.cmdline() for p in self.descendants()]}"
-        )
-
-    async def wait_exit(self, timeout: float = STOP_TIMEOUT) -> int:
-        try:
-            async with asyncio.timeout(timeout):
-                code = await self.process.wait()
-                await self._reader
-                return code
-        except TimeoutError:
-            pytest.fail(f"the kit did not exit in {timeout} s:\n{self.output[-4000:]}")
-
-    async def alive_after(self, timeout: float = 10) -> list[str]:
-        """Descendants seen while it ran that still run after ``timeout`` s."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            alive = []
-            for proc in self.seen:
-                with contextlib.suppress(psutil.NoSuchProcess):
-                    if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
-                        alive.append(f"{proc.pid} {' '.join(proc.cmdline())[:120]}")
-            if not alive or loop.time() > deadline:
-                return alive
-            await asyncio.sleep(0.2)
-
-    async def cleanup(self) -> None:
-        """After a failed test: stop whatever it left (only what it started)."""
-        if self.process and self.process.returncode is None:
-            self.process.send_signal(signal.SIGINT)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(STOP_TIMEOUT):
-                    await self.process.wait()
-            if self.process.returncode is None:
-                self.process.kill()
-                await self.process.wait()
-        for proc in self.seen:
-            with contextlib.suppress(psutil.Error):
-                proc.kill()  # psutil checks it is still the process it saw (pid reuse)
-        if self._reader:
-            self._reader.cancel()
-            with contextlib.suppress(BaseException):
-                await self._reader
-
-
-@contextlib.asynccontextmanager
-async def running_kit(*args: str, env: dict[str, str] | None = None):
-    kit = Kit(*args, env=env)
-    try:
-        yield await kit.start()
-    finally:
-        await kit.cleanup()
-
-
-def port_free(port: int) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
+# --- running the kit (support.Kit) ---------------------------------------------------------
 
 
 def kit_dir_with_a_notebook(tmp_path: Path) -> Path:
@@ -227,10 +73,10 @@ async def test_kit_runs_the_cluster_and_jupyterlab_and_ctrl_c_stops_all(services
     before = sorted(p.name for p in user_config.rglob("*"))
     env = {"NOTIFYLAB_PREFIX": prefix, "JUPYTER_CONFIG_DIR": str(user_config)}
 
-    async with running_kit("--ports", f"{a},{b}", "--jupyter-port", str(jp), "--no-browser", env=env) as kit:
-        m = await kit.wait_for(URL, START_TIMEOUT)
-        base, token = m.group(1), m.group(3)
-        assert int(m.group(2)) == jp
+    with running_kit("--ports", f"{a},{b}", "--jupyter-port", str(jp), "--no-browser", env=env) as kit:
+        m = await asyncio.to_thread(kit.wait_for, KIT_URL)
+        base, token = m["base"], m["token"]
+        assert int(m["port"]) == jp
         for port in (a, b):
             assert f"http://127.0.0.1:{port}" in kit.output
 
@@ -290,10 +136,9 @@ async def test_kit_runs_the_cluster_and_jupyterlab_and_ctrl_c_stops_all(services
         children = kit.descendants()
         assert len(children) >= 5, [p.cmdline() for p in children]  # a, b, worker, JupyterLab, kernel
 
-        kit.process.send_signal(signal.SIGINT)
-        assert await kit.wait_exit() == 0, kit.output[-4000:]
+        assert await asyncio.to_thread(kit.interrupt) == 0, kit.output[-4000:]
         assert "stopping..." in kit.output
-        assert await kit.alive_after() == []
+        assert await asyncio.to_thread(kit.alive_after) == []
         assert all(port_free(p) for p in (a, b, jp))
     # Nothing written there but Jupyter's own one-off "migrated" marker (any
     # Jupyter program writes it once, when ~/.ipython exists).
@@ -302,7 +147,7 @@ async def test_kit_runs_the_cluster_and_jupyterlab_and_ctrl_c_stops_all(services
 
 async def test_kit_stops_everything_when_a_child_dies(services):
     a, b, jp = free_port(), free_port(), free_port()
-    async with running_kit(
+    with running_kit(
         "--ports",
         f"{a},{b}",
         "--jupyter-port",
@@ -310,12 +155,12 @@ async def test_kit_stops_everything_when_a_child_dies(services):
         "--no-browser",
         env={"NOTIFYLAB_PREFIX": new_prefix()},
     ) as kit:
-        await kit.wait_for(URL, START_TIMEOUT)
+        await asyncio.to_thread(kit.wait_for, KIT_URL)
         kit.descendants()
         kit.named("--instance-id b").kill()
-        assert await kit.wait_exit() == 1
+        assert await asyncio.to_thread(kit.wait_exit) == 1
         assert "server-b exited with -9; stopping the rest" in kit.output
-        assert await kit.alive_after() == []
+        assert await asyncio.to_thread(kit.alive_after) == []
         assert all(port_free(p) for p in (a, b, jp))
 
 
@@ -324,7 +169,7 @@ async def test_kit_refuses_a_jupyter_port_in_use_before_starting_anything():
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        async with running_kit(
+        with running_kit(
             "--ports",
             str(free_port()),
             "--jupyter-port",
@@ -332,7 +177,7 @@ async def test_kit_refuses_a_jupyter_port_in_use_before_starting_anything():
             "--no-browser",
             env={"NOTIFYLAB_PREFIX": new_prefix()},
         ) as kit:
-            assert await kit.wait_exit(30) == 2
+            assert await asyncio.to_thread(kit.wait_exit, 30) == 2
             assert f"127.0.0.1:{port}" in kit.output and "--jupyter-port" in kit.output
             assert "serving on" not in kit.output  # no instance was started
 
@@ -343,7 +188,7 @@ async def test_the_workspace_lays_the_notebook_and_the_react_client_side_by_side
 
     a, jp = free_port(), free_port()
     kit_dir = kit_dir_with_a_notebook(tmp_path)
-    async with running_kit(
+    with running_kit(
         "--ports",
         str(a),
         "--jupyter-port",
@@ -353,7 +198,7 @@ async def test_the_workspace_lays_the_notebook_and_the_react_client_side_by_side
         str(kit_dir),
         env={"NOTIFYLAB_PREFIX": new_prefix()},
     ) as kit:
-        url = (await kit.wait_for(URL, START_TIMEOUT)).group(0)
+        url = (await asyncio.to_thread(kit.wait_for, KIT_URL)).group(0)
         async with async_playwright() as pw:
             browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             try:
@@ -374,8 +219,7 @@ async def test_the_workspace_lays_the_notebook_and_the_react_client_side_by_side
                 await page.screenshot(path=str(tmp_path / "kit.png"))
             finally:
                 await browser.close()
-        kit.process.send_signal(signal.SIGINT)
-        assert await kit.wait_exit() == 0
+        assert await asyncio.to_thread(kit.interrupt) == 0, kit.output[-4000:]
 
 
 # --- jupyter/: the config and the workspace -----------------------------------------------

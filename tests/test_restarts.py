@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import shutil
+from collections.abc import AsyncIterator
 
 import pytest
-import redis.asyncio as aioredis
 
 from notifylab.ids import id_after
-from notifylab.lab import free_port
-from support import servers
+from support import PrivateRedis, private_redis, servers
 
 STEPS = 16
 
@@ -59,60 +57,23 @@ async def test_restarting_rabbitmq_mid_operation_loses_nothing(make_lab, clients
 
 
 @pytest.fixture
-async def private_redis(tmp_path):
+async def lasting_redis() -> AsyncIterator[PrivateRedis]:
     """A Redis of the test's own that keeps its data on disk (append-only
     file), so it can be killed and brought back like a production one."""
-    port = free_port()
-    command = [
-        shutil.which("redis-server"),
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--appendonly",
-        "yes",
-        "--appendfsync",
-        "always",
-        "--save",
-        "",
-        "--dir",
-        str(tmp_path),
-    ]
-    state = {}
-
-    async def start() -> None:
-        state["process"] = await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.DEVNULL)
-        client = aioredis.from_url(f"redis://127.0.0.1:{port}/0")
-        async with asyncio.timeout(10):
-            while True:
-                try:
-                    await client.ping()
-                    break
-                except Exception:
-                    await asyncio.sleep(0.1)
-        await client.aclose()
-
-    async def kill() -> None:
-        state["process"].kill()
-        await state["process"].wait()
-
-    await start()
-    yield f"redis://127.0.0.1:{port}/0", start, kill
-    if state["process"].returncode is None:
-        await kill()
+    async with private_redis(keep_data=True) as redis:
+        yield redis
 
 
-async def test_restarting_redis_mid_operation_loses_nothing(make_lab, clients, private_redis):
-    url, start_redis, kill_redis = private_redis
-    lab = await make_lab(NOTIFYLAB_REDIS_URL=url)
+async def test_restarting_redis_mid_operation_loses_nothing(make_lab, clients, lasting_redis):
+    lab = await make_lab(NOTIFYLAB_REDIS_URL=lasting_redis.url)
     url_a, url_b = servers(lab)
     first = await clients(url_a)
     second = await clients(url_b, user=first.user)
     op = await first.start("train", steps=STEPS, step_seconds=0.25)
     await second.wait_for(lambda: len(second.of_operation(op["id"])) >= 4)
 
-    await kill_redis()  # the worker's next step cannot be recorded: its job comes back
+    await lasting_redis.kill()  # the worker's next step cannot be recorded: its job comes back
     await asyncio.sleep(1.5)
-    await start_redis()
+    await lasting_redis.start()
 
     await both_see_it_through(first, second, op["id"])

@@ -3,20 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+# Chromium's set-up is shared with tests/test_kit.py, which cannot import this module (see support.py).
+from support import CHROMIUM, CHROMIUM_ARGS, ROOT  # noqa: F401 (the conftest imports them from here)
+
 FRONTEND = ROOT / "frontend"
 DIST = FRONTEND / "dist"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 PASSWORD = "correct horse battery"
 READY_TIMEOUT = 30.0
 # Every Playwright wait in these tests is bounded by this (ms).

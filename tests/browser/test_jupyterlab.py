@@ -17,134 +17,29 @@ ports are free. Every wait is bounded; the whole takes about a minute.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import psutil
 import pytest
 from playwright.sync_api import FrameLocator, Locator, Page, expect
 
 from browser_support import PASSWORD, ROOT
 from notifylab.lab import free_port
-from support import new_prefix
+from support import KIT_URL, new_prefix, running_kit, wait_ports_free
 
 pytestmark = [pytest.mark.browser, pytest.mark.services]
 
 LESSON = "06-panel-beside-react.ipynb"
 NOTEBOOKS = ROOT / "notebooks"
 SCREENSHOT = ROOT / "docs" / "screenshot-jupyterlab.png"
-URL = re.compile(r"(http://127\.0\.0\.1:\d+)/lab/workspaces/notifylab\?token=(\S+)")
-START_TIMEOUT = 120.0  # two instances, a worker, then JupyterLab (20-30 s here)
-STOP_TIMEOUT = 60.0
 CELL_MS = 60_000  # one cell: the lesson bounds its own waits well below this
 VIEWPORT = {"width": 1400, "height": 900}
 
 
 # --- the kit -------------------------------------------------------------------
-
-
-class Kit:
-    """``notifylab kit`` as a subprocess; a thread collects its output lines."""
-
-    def __init__(self, args: list[str], env: dict[str, str]):
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "notifylab", "kit", *args],
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            errors="replace",
-        )
-        self.lines: list[str] = []
-        self.seen: list[psutil.Process] = []  # its descendants, to kill should it fail to stop them
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.lines.append(line.rstrip())
-
-    @property
-    def output(self) -> str:
-        return "\n".join(self.lines)[-4000:]
-
-    def wait_for(self, pattern: re.Pattern, timeout: float) -> re.Match:
-        """The first output line matching ``pattern``; fails if the kit exits first."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for line in list(self.lines):
-                if m := pattern.search(line):
-                    return m
-            if self.process.poll() is not None:
-                self._reader.join(5)
-                pytest.fail(f"the kit exited ({self.process.returncode}):\n{self.output}", pytrace=False)
-            time.sleep(0.1)
-        pytest.fail(f"no {pattern.pattern!r} from the kit in {timeout:.0f} s:\n{self.output}", pytrace=False)
-
-    def note_descendants(self) -> None:
-        with contextlib.suppress(psutil.Error):
-            for proc in psutil.Process(self.process.pid).children(recursive=True):
-                if proc not in self.seen:
-                    self.seen.append(proc)
-
-    def interrupt(self) -> int:
-        """SIGINT, as Ctrl-C in the terminal; its exit code."""
-        self.note_descendants()
-        self.process.send_signal(signal.SIGINT)
-        try:
-            return self.process.wait(timeout=STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"the kit did not stop in {STOP_TIMEOUT:.0f} s after SIGINT:\n{self.output}")
-
-    def cleanup(self) -> None:
-        """Whatever a failed test left: stop the kit and what it started (only that)."""
-        if self.process.poll() is None:
-            self.note_descendants()
-            self.process.send_signal(signal.SIGINT)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(timeout=STOP_TIMEOUT)
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
-        for proc in self.seen:
-            with contextlib.suppress(psutil.Error):
-                proc.kill()  # psutil checks that the pid is still the process it saw
-        self._reader.join(5)
-        if self.process.stdout is not None:
-            self.process.stdout.close()
-
-
-def port_free(port: int) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
-
-
-def wait_ports_free(ports: list[int], timeout: float = 15.0) -> list[int]:
-    deadline = time.monotonic() + timeout
-    while True:
-        taken = [p for p in ports if not port_free(p)]
-        if not taken or time.monotonic() > deadline:
-            return taken
-        time.sleep(0.2)
 
 
 @pytest.fixture
@@ -163,28 +58,24 @@ def kit_dir(tmp_path: Path) -> Path:
 def kit(services: None, frontend_dist: Path, kit_dir: Path, tmp_path: Path) -> Iterator[dict]:
     """The kit, up: its URL, token, ports and process. Stopped after the test."""
     a, b, jupyter = free_port(), free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if k != "NOTIFYLAB_KIT_ISOLATE"}  # the kernel must join
-    env.update(
-        NOTIFYLAB_PREFIX=new_prefix(),  # removed after the run (tests/conftest.py)
-        NOTIFYLAB_KIT_PORTS=f"{a},{b}",  # what Cluster.kit() in the kernel joins
-        NOTIFYLAB_STATIC_DIR=str(frontend_dist),
-        JUPYTER_RUNTIME_DIR=str(tmp_path / "jupyter-runtime"),
-        PYTHONUNBUFFERED="1",
-    )
+    env = {
+        "NOTIFYLAB_PREFIX": new_prefix(),  # removed after the run (tests/conftest.py)
+        "NOTIFYLAB_KIT_PORTS": f"{a},{b}",  # what Cluster.kit() in the kernel joins
+        "NOTIFYLAB_STATIC_DIR": str(frontend_dist),
+        "JUPYTER_RUNTIME_DIR": str(tmp_path / "jupyter-runtime"),
+        "PYTHONUNBUFFERED": "1",
+    }
     args = ["--ports", f"{a},{b}", "--jupyter-port", str(jupyter), "--no-browser", "--kit-dir", str(kit_dir)]
-    process = Kit(args, env)
-    try:
-        m = process.wait_for(URL, START_TIMEOUT)
-        process.note_descendants()
+    with running_kit(*args, env=env) as process:
+        m = process.wait_for(KIT_URL)
+        process.descendants()
         yield {
             "url": m.group(0),
-            "base": m.group(1),
-            "token": m.group(2),
+            "base": m["base"],
+            "token": m["token"],
             "ports": [a, b, jupyter],
             "process": process,
         }
-    finally:
-        process.cleanup()
 
 
 # --- JupyterLab ------------------------------------------------------------------
@@ -342,5 +233,5 @@ def test_lesson_06_panel_and_react_client_side_by_side(kit, new_context):
 
     # Ctrl-C: the kit stops everything, and its ports are free again.
     process = kit["process"]
-    assert process.interrupt() == 0, process.output
-    assert wait_ports_free(kit["ports"]) == [], process.output
+    assert process.interrupt() == 0, process.output[-4000:]
+    assert wait_ports_free(kit["ports"]) == [], process.output[-4000:]
