@@ -6,7 +6,7 @@ The folders are the boxes of the architecture picture (docs/architecture.md):
 inspectors) and ``widgets`` (live panels for notebooks). Beside them:
 ``config`` (settings), ``ids`` (notification ids), ``protocol`` (what
 servers and clients agree on), ``kinds`` (the operations one can start),
-``errors`` and ``cli``.
+``errors``, ``cli`` and ``kit`` (the kit's JupyterLab).
 """
 
 from typing import Any
