@@ -10,9 +10,15 @@
 // replay does not reach hello's `last_id` in time, the client asks for the
 // rest with `sync {after}` (a safety net that stays idle when the server
 // replays as promised).
+//
+// Refused connects: socket.io-client does not retry a connect that the
+// server refused (see retry.js). A "service unavailable" refusal is retried
+// here with jittered exponential backoff; any other refusal checks the
+// session first (401: signed out, to the login view).
 import { addNotifications, applyRead, emptyInbox, setBaseline } from './inbox.js'
 import { emptyOperations, operationsReducer } from './operations.js'
 import { compareIds } from './ids.js'
+import { backoffDelay, isUnavailable } from './retry.js'
 
 export const ACK_TIMEOUT_MS = 8000
 export const SYNC_GRACE_MS = 1500
@@ -20,12 +26,13 @@ export const SYNC_GRACE_MS = 1500
 export function initialState() {
   return {
     connection: {
-      status: 'connecting', // connecting | connected | reconnecting | refused | closed
+      status: 'connecting', // connecting | connected | reconnecting | unavailable | refused | closed
       instance: null,
       transport: null,
       sid: null,
       attempt: 0,
       error: null,
+      retryAt: null, // Date.now() of the next connect, while one is scheduled
       connects: 0,
     },
     user: null,
@@ -43,11 +50,14 @@ export class NotifyClient {
    * @param {object} opts.api        REST client (see api.js)
    * @param {Function} opts.connect  (options) => Socket.IO socket
    * @param {object} [opts.timers]   {setTimeout, clearTimeout} (tests)
+   * @param {Function} [opts.random] jitter source in [0, 1) (tests)
    */
-  constructor({ api, connect, timers = globalThis }) {
+  constructor({ api, connect, timers = globalThis, random = Math.random }) {
     this.api = api
     this.connectFn = connect
     this.timers = timers
+    this.random = random
+    this.refusals = 0 // refused connects since the last successful one: the backoff attempt
     this.state = initialState()
     this.listeners = new Set()
     this.socket = null
@@ -117,7 +127,7 @@ export class NotifyClient {
       this.socket.io && this.socket.io.off && this.socket.io.off()
       this.socket.disconnect()
     }
-    this.setConnection({ status: 'closed' })
+    this.setConnection({ status: 'closed', retryAt: null })
   }
 
   clearTimers() {
@@ -140,7 +150,9 @@ export class NotifyClient {
     if (engine && engine.on) {
       engine.on('upgrade', (t) => this.setConnection({ transport: (t && t.name) || this.transportName() }))
     }
+    this.refusals = 0
     this.setConnection({
+      retryAt: null,
       status: 'connected',
       sid: this.socket.id,
       transport: this.transportName(),
@@ -273,9 +285,41 @@ export class NotifyClient {
       this.setConnection({ status: 'reconnecting', error: err && err.message, transport: null })
       return
     }
+    if (isUnavailable(err)) {
+      // Refused for now (store outage, reconnect storm): socket.io-client
+      // will not retry this, so retry after a jittered backoff. No session
+      // check: it would only add load to a server that is already struggling.
+      const delay = this.scheduleReconnect()
+      this.setConnection({
+        status: 'unavailable',
+        error: err.message,
+        transport: null,
+        attempt: this.refusals,
+        retryAt: Date.now() + delay,
+      })
+      return
+    }
     // Refused by the server (not signed in?).
     this.setConnection({ status: 'refused', error: err && err.message, transport: null })
     this.checkSessionThenReconnect()
+  }
+
+  /**
+   * Call `socket.connect()` after the next jittered backoff delay (see
+   * retry.js); the attempt count resets on a successful connect and the
+   * timer is cleared by stop() (unmount, sign out). Returns the delay.
+   */
+  scheduleReconnect() {
+    const delay = backoffDelay(this.refusals, { random: this.random })
+    this.refusals += 1
+    if (this.retryTimer) this.timers.clearTimeout(this.retryTimer)
+    this.retryTimer = this.timers.setTimeout(() => {
+      this.retryTimer = null
+      if (this.stopped || !this.socket || this.socket.connected) return
+      this.setConnection({ status: 'reconnecting', attempt: this.refusals, retryAt: null })
+      this.socket.connect()
+    }, delay)
+    return delay
   }
 
   async checkSessionThenReconnect() {
@@ -288,11 +332,7 @@ export class NotifyClient {
       }
     }
     if (this.stopped) return
-    if (this.retryTimer) this.timers.clearTimeout(this.retryTimer)
-    this.retryTimer = this.timers.setTimeout(() => {
-      this.retryTimer = null
-      if (!this.stopped && this.socket && !this.socket.connected) this.socket.connect()
-    }, 2000)
+    this.scheduleReconnect()
   }
 
   handleApiError(e) {
