@@ -370,7 +370,11 @@ async def main() -> None:
     parser.add_argument("--paths", default="operations,publish")
     parser.add_argument("--modes", default="topic,fanout")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--profile", default="", help="mode:path:rate of the rung to profile")
+    parser.add_argument(
+        "--profile",
+        default="",
+        help="LABEL:path:rate of the rung to profile (LABEL: the mode, or a --config label)",
+    )
     parser.add_argument(
         "--config",
         action="append",
@@ -418,7 +422,7 @@ async def main() -> None:
                     print(f"{label}: {storm['hellos']}/{storm['count']} sockets welcomed", flush=True)
                     for path in args.paths.split(","):
                         for rate in rates:
-                            profile = args.profile == f"{mode}:{path}:{rate}"
+                            profile = args.profile == f"{label}:{path}:{rate}"
                             row = await run.rung(path, rate, args.seconds, profile)
                             rows.append(row)
                             print(table([row]).splitlines()[1], flush=True)
