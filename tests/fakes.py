@@ -59,6 +59,10 @@ class FakeSio:
     ) -> None:
         self.emitted.append((event, data, to or room))
 
+    async def emit_here(self, event: str, data: Any, room: str) -> int:
+        self.emitted.append((event, data, room))
+        return len(self.rooms.get(room, ()))
+
     async def enter_room(self, sid: str, room: str) -> None:
         self.rooms.setdefault(room, set()).add(sid)
 

@@ -4,7 +4,8 @@
   out of ``message["data"]``, a format python-socketio changed three times in
   5.x. If an upgrade changes it again, this fails instead of delivery quietly
   falling back on the feed's gap filling.
-- engine.io's aiohttp websocket class, which we swap to set compression.
+- engine.io's aiohttp websocket class, which we swap to set compression,
+  and the parts of python-socketio ``Server.emit_here`` uses.
 - The package's import graph: no circle, and the kernel side (``lab``,
   ``widgets``) never imports the server or the store.
 """
@@ -12,16 +13,22 @@
 from __future__ import annotations
 
 import ast
+import asyncio
 import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import aiohttp
+import socketio
+from aiohttp import web
 
 from fakes import SETTINGS, fake_redis, make_feed
 from notifylab.bus.managers import TopicManager, publish_notification, routing_key
+from notifylab.lab.processes import free_port
 from notifylab.protocol import user_room
+from notifylab.server.sockets import Server
 from support import servers
 
 PACKAGE = Path(__file__).resolve().parent.parent / "notifylab"
@@ -150,3 +157,43 @@ async def test_websocket_compression_is_what_the_settings_say(make_lab):
             assert opening.startswith("0{"), opening
             offered[setting] = ws.compress
     assert offered == {"false": 0, "true": 15}
+
+
+async def test_emit_here_reaches_a_client_exactly_as_emit_does():
+    """The feed's emit_here uses python-socketio's packet class, its
+    manager's rooms and engine.io's send_packet: a client must get the same
+    event, with the same data, as from emit()."""
+    sio = Server(async_mode="aiohttp", logger=False, engineio_logger=False)
+    app = web.Application()
+    sio.attach(app)
+
+    @sio.on("connect")
+    async def connect(sid: str, environ: dict, auth: Any = None) -> None:
+        await sio.enter_room(sid, "user:ann")
+
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    client = socketio.AsyncClient()
+    got: list[Any] = []
+    arrived = asyncio.Event()
+
+    @client.on("notification")
+    async def on_notification(data: Any) -> None:
+        got.append(data)
+        if len(got) == 2:
+            arrived.set()
+
+    try:
+        await client.connect(f"http://127.0.0.1:{port}", transports=["websocket"])
+        note = {"id": "1-0", "title": "é ✓", "nested": {"n": [1, 2.5, None, True]}}
+        await asyncio.sleep(0.1)  # the connect handler has put it in the room
+        assert await sio.emit_here("notification", note, "user:ann") == 1
+        await sio.emit("notification", note, room="user:ann")
+        await asyncio.wait_for(arrived.wait(), 5)
+        assert got == [note, note]
+        assert await sio.emit_here("notification", note, "user:nobody") == 0
+    finally:
+        await client.disconnect()
+        await runner.cleanup()

@@ -25,8 +25,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-
-import socketio
+from typing import Any, Protocol
 
 from ..ids import id_after, now_ms
 from ..protocol import BusNotification, Notification, to_client, user_room
@@ -36,8 +35,20 @@ from .metrics import Metrics
 log = logging.getLogger(__name__)
 
 
+class Sockets(Protocol):
+    """What the feed uses of the instance's Socket.IO server (``sockets.Server``)."""
+
+    manager: Any
+
+    async def emit(self, event: str, data: Any, to: str | None = None, **kwargs: Any) -> Any: ...
+
+    async def emit_here(self, event: str, data: Any, room: str) -> int: ...
+
+    async def enter_room(self, sid: str, room: str) -> Any: ...
+
+
 class Feed:
-    def __init__(self, sio: socketio.AsyncServer, inbox: Inbox, metrics: Metrics, instance: str):
+    def __init__(self, sio: Sockets, inbox: Inbox, metrics: Metrics, instance: str):
         self.sio = sio
         self.instance = instance
         self.inbox = inbox
@@ -146,7 +157,7 @@ class Feed:
     async def _emit(self, user: str, batch: list[Notification] | list[BusNotification]) -> None:
         room = user_room(user)
         for note in batch:
-            await self.sio.emit("notification", self._stamped(note), room=room, ignore_queue=True)
+            await self.sio.emit_here("notification", self._stamped(note), room)
             self.cursors[user] = note["id"]
             self.metrics.delivered.inc(len(self.members[user]))
             self.metrics.latency.observe(max(0.0, time.time() - note["ts"] / 1000))

@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from http.cookies import CookieError, SimpleCookie
 from typing import Any
 
+import engineio
 import socketio
 from aio_pika.exceptions import AMQPError
 from aiohttp import web
@@ -112,6 +113,22 @@ class Server(socketio.AsyncServer):
         websocket = type("WebSocket", (_WebSocket,), {"compress": ws_compression})
         # A copy: engine.io's driver table is one dict shared by every server in the process.
         self.eio._async = {**self.eio._async, "websocket": websocket}
+
+    async def emit_here(self, event: str, data: Any, room: str) -> int:
+        """``emit(event, data, room=room, ignore_queue=True)`` for the feed's
+        hot path: to the sockets of ``room`` on this instance only. The packet
+        is encoded once and put on each socket's queue in turn, where
+        python-socketio would make a task per socket and wait for them all
+        (a tenth of a busy instance's time went there). Returns how many
+        sockets it was given to. tests/test_contract.py checks that a client
+        receives it exactly as it receives ``emit``'s."""
+        encoded = self.packet_class(socketio.packet.EVENT, namespace="/", data=[event, data]).encode()
+        frame = engineio.packet.Packet(engineio.packet.MESSAGE, encoded)
+        sent = 0
+        for _sid, eio_sid in self.manager.get_participants("/", room):
+            await self.eio.send_packet(eio_sid, frame)
+            sent += 1
+        return sent
 
     async def _trigger_event(self, event: Any, namespace: str, *args: Any) -> Any:
         if isinstance(event, str) and event != "*":
