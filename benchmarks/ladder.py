@@ -189,8 +189,21 @@ class Run:
             still = still + 1 if now == last else 0
             last = now
 
+    async def counters(self) -> dict[str, float]:
+        """The instances' gap and duplicate counters, summed (``/metrics``)."""
+        totals = {"notifylab_gaps_filled_total": 0.0, "notifylab_duplicates_dropped_total": 0.0}
+        async with aiohttp.ClientSession() as http:
+            for url in self.urls:
+                async with http.get(f"{url}/metrics") as response:
+                    for line in (await response.text()).splitlines():
+                        name, _, value = line.partition(" ")
+                        if name in totals:
+                            totals[name] += float(value)
+        return totals
+
     async def rung(self, path: str, rate: int, seconds: float, profile: bool) -> dict:
         befores = await self.lasts()
+        counted = await self.counters()
         await self.command("reset")
         procs = {p.name: psutil.Process(p.pid) for p in self.lab.processes if p.pid}
         cpu0 = {n: sum(p.cpu_times()[:2]) for n, p in procs.items()}
@@ -209,6 +222,7 @@ class Run:
         offered = await self.offer(path, rate, seconds)
         await self.drain()
         cpu = {n: sum(p.cpu_times()[:2]) - cpu0[n] for n, p in procs.items()}
+        counted = {k: v - counted[k] for k, v in (await self.counters()).items()}
         for spy in spies:
             _, err = spy.communicate(timeout=60)
             if spy.returncode:
@@ -263,6 +277,8 @@ class Run:
             "reordered": reordered,
             "late_from_before": foreign,
             "cpu_s": {n: round(v, 1) for n, v in cpu.items()},
+            "gaps_filled": int(counted["notifylab_gaps_filled_total"]),
+            "duplicates_dropped": int(counted["notifylab_duplicates_dropped_total"]),
             "window_s": window_s,
             **offered,
         }
@@ -302,7 +318,7 @@ def table(rows: list[dict]) -> str:
     head = (
         f"{'mode':8} {'path':10} {'offered/s':>9} {'appended/s':>10} {'delivered/s':>11} {'p50 ms':>7} "
         f"{'p99 ms':>7} {'max ms':>7} {'lost':>5} {'dup':>4} {'reord':>5} {'skipped':>7}"
-        "  cpu s (servers, workers)  cpu us/notification (servers, workers)"
+        f" {'gaps':>5}  cpu s (servers, workers)  cpu us/notification (servers, workers)"
     )
     lines = [head]
     for r in rows:
@@ -312,7 +328,7 @@ def table(rows: list[dict]) -> str:
             f"{r['mode']:8} {r['path']:10} {r['offered']:>9} {r['appended_per_s']:>10.0f} "
             f"{r['delivered_per_s']:>11.0f} {r['p50_ms']:>7.0f} {r['p99_ms']:>7.0f} {r['max_ms']:>7.0f} "
             f"{r['lost']:>5} {r['duplicated']:>4} {r['reordered']:>5} {r['skipped'] * PER_CALL[r['path']]:>7}"
-            f"  {servers:.1f}, {workers:.1f}"
+            f" {r.get('gaps_filled', 0):>5}  {servers:.1f}, {workers:.1f}"
             f"  {1e6 * servers / max(r['appended'], 1):.0f}, {1e6 * workers / max(r['appended'], 1):.0f}"
         )
     return "\n".join(lines)
