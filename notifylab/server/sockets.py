@@ -23,8 +23,6 @@ from typing import Any
 import engineio
 import socketio
 from aio_pika.exceptions import AMQPError
-from aiohttp import web
-from engineio.async_drivers import aiohttp as engineio_aiohttp
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -32,6 +30,7 @@ from ..errors import BadRequest, NotifylabError, ServiceUnavailable, Unauthorize
 from ..ids import ZERO, is_id
 from ..protocol import COOKIE
 from ..store.operations import Operation
+from . import engine
 from .services import Services
 
 log = logging.getLogger(__name__)
@@ -68,27 +67,6 @@ def cookie_token(environ: dict) -> str | None:
     return morsel.value if morsel else None
 
 
-class _WebSocket(engineio_aiohttp.WebSocket):
-    """engine.io's aiohttp websocket, with permessage-deflate as settings say.
-
-    engine.io builds aiohttp's ``WebSocketResponse`` with aiohttp's default,
-    compression on, and offers no option for it. Our frames are small JSON: a
-    deflate of every frame for every socket cost a quarter of a busy
-    instance's CPU, and each socket kept a zlib state while idle.
-    """
-
-    compress = False
-
-    async def __call__(self, environ: dict) -> Any:
-        self._sock = web.WebSocketResponse(
-            max_msg_size=self.server.max_http_buffer_size, compress=self.compress
-        )
-        await self._sock.prepare(environ["aiohttp.request"])
-        self.environ = environ
-        await self.handler(self)
-        return self._sock
-
-
 class Server(socketio.AsyncServer):
     """python-socketio's server, guarded against what a client can send it.
 
@@ -105,24 +83,32 @@ class Server(socketio.AsyncServer):
       ack that never comes; the socket is disconnected instead, with one line
       in the log.
 
-    ``ws_compression`` turns websocket compression on (see ``_WebSocket``).
+    Its engine.io is made lighter per socket (``engine.py``): no websocket
+    compression unless ``ws_compression``, and a smaller packet queue.
     """
 
     def __init__(self, *args: Any, ws_compression: bool = False, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        websocket = type("WebSocket", (_WebSocket,), {"compress": ws_compression})
         # A copy: engine.io's driver table is one dict shared by every server in the process.
-        self.eio._async = {**self.eio._async, "websocket": websocket}
+        self.eio._async = {**self.eio._async, "websocket": engine.websocket_class(ws_compression)}
+        self.eio.create_queue = engine.SocketQueue  # each socket's outgoing packets
 
     async def emit_here(self, event: str, data: Any, room: str) -> int:
         """``emit(event, data, room=room, ignore_queue=True)`` for the feed's
-        hot path: to the sockets of ``room`` on this instance only. The packet
-        is encoded once and put on each socket's queue in turn, where
-        python-socketio would make a task per socket and wait for them all
-        (a tenth of a busy instance's time went there). Returns how many
-        sockets it was given to. tests/test_contract.py checks that a client
-        receives it exactly as it receives ``emit``'s."""
-        encoded = self.packet_class(socketio.packet.EVENT, namespace="/", data=[event, data]).encode()
+        hot path: to the sockets of ``room`` on this instance only. ``data``
+        is JSON (what came off the bus or out of the stream), never bytes.
+
+        The packet is encoded once, as socket.io's EVENT packet (``2`` and the
+        JSON array ``[event, data]``) and put on each socket's queue in turn.
+        python-socketio's ``emit`` first walks the data looking for bytes (for
+        its binary packets), then makes a task per socket and waits for them
+        all: measured with ``benchmarks/cost.py``, the walk alone was most of
+        the emit. Returns how many sockets it was given to.
+        tests/test_contract.py checks that a client receives it exactly as it
+        receives ``emit``'s."""
+        encoded = str(socketio.packet.EVENT) + self.packet_class.json.dumps(
+            [event, data], separators=(",", ":")
+        )
         frame = engineio.packet.Packet(engineio.packet.MESSAGE, encoded)
         sent = 0
         for _sid, eio_sid in self.manager.get_participants("/", room):
