@@ -2,13 +2,22 @@
 //
 //   node benchmarks/loadgen.mjs < spec.json
 //
-// spec: {"urls": [...], "tokens": [...], "count": N, "timeout": seconds}
-// Socket i connects to urls[i % urls.length] with auth {session: tokens[i % tokens.length]},
-// all at once. It prints one JSON line per event on stdout:
-//   {"event": "storm", "connected", "hellos", "failed", "errors", "first_ms", "all_ms", "p50_ms", "p99_ms"}
+// spec: {"urls": [...], "tokens": [...], "count": N, "timeout": seconds, "offset": 0}
+// Socket i (numbered from `offset`, so several processes can share one token list)
+// connects to urls[i % urls.length] with auth {session: tokens[i % tokens.length]}.
+// The first `count` sockets connect all at once (count may be 0). It prints one
+// JSON line per event on stdout:
+//   {"event": "storm", "count", "connected", "hellos", "failed", "unanswered", "errors",
+//    "first_ms", "all_ms", "p50_ms", "p99_ms"}
 // then holds the sockets and records every notification (id, prev, ts, receive time).
-// Commands on stdin, one per line: "report" prints {"event": "report", ...} with each
-// socket's received ids and latencies; "quit" disconnects everything and exits.
+// Commands on stdin, one per line:
+//   "connect N": N more sockets at once; prints {"event": "batch", ...} (the storm's
+//                fields, times from the command) when each got hello, an error or timed out;
+//   "status":    prints {"event": "status", "sockets", "connected", "dropped", "drop_reasons"}
+//                (dropped: welcomed, then disconnected);
+//   "report":    prints {"event": "report", ...} with each socket's received ids and latencies;
+//   "reset":     forgets the received notifications;
+//   "quit":      disconnects everything and exits.
 // Node's socket.io-client is installed by `cd frontend && npm ci`.
 import { createRequire } from "node:module";
 import { fileURLToPath } from "node:url";
@@ -42,73 +51,94 @@ function pct(sorted, p) {
 }
 
 const { spec } = await readSpec();
+const offset = spec.offset ?? 0;
 const sockets = [];
-const helloMs = [];
-const errors = {};
-let failed = 0;
-const t0 = performance.now();
 const received = []; // per socket: [id, prev, latency ms]
+let dropped = 0; // sockets that were welcomed, then disconnected
+const dropReasons = {}; // why, as socket.io-client says
 
-await new Promise((resolve) => {
-  let settled = 0;
-  const settle = () => {
-    settled += 1;
-    if (settled === spec.count) resolve();
+// Opens `count` sockets at once; resolves with their figures once each got
+// hello or connect_error, or after spec.timeout.
+async function connectMany(count) {
+  const helloMs = [];
+  const errors = {};
+  let failed = 0;
+  const t0 = performance.now();
+  await new Promise((resolve) => {
+    if (count === 0) return resolve();
+    let settled = 0;
+    const settle = () => {
+      settled += 1;
+      if (settled === count) resolve();
+    };
+    const timer = setTimeout(resolve, spec.timeout * 1000);
+    timer.unref();
+    for (let k = 0; k < count; k++) {
+      const i = offset + sockets.length;
+      const socket = io(spec.urls[i % spec.urls.length], {
+        transports: ["websocket"],
+        auth: { session: spec.tokens[i % spec.tokens.length] },
+        reconnection: false,
+        forceNew: true,
+        timeout: spec.timeout * 1000,
+      });
+      const mine = [];
+      received.push(mine);
+      let done = false;
+      socket.on("hello", () => {
+        if (!done) {
+          done = true;
+          helloMs.push(performance.now() - t0);
+          settle();
+        }
+      });
+      socket.on("notification", (note) => {
+        mine.push([note.id, note.prev ?? null, Date.now() - note.ts]);
+      });
+      socket.on("connect_error", (err) => {
+        if (!done) {
+          done = true;
+          failed += 1;
+          const key = String(err && err.message).slice(0, 80);
+          errors[key] = (errors[key] || 0) + 1;
+          settle();
+        }
+      });
+      socket.on("disconnect", (reason) => {
+        if (done && !quitting) {
+          dropped += 1;
+          dropReasons[reason] = (dropReasons[reason] || 0) + 1;
+        }
+      });
+      sockets.push(socket);
+    }
+  });
+  helloMs.sort((a, b) => a - b);
+  return {
+    count,
+    connected: sockets.filter((s) => s.connected).length,
+    hellos: helloMs.length,
+    failed,
+    unanswered: count - helloMs.length - failed,
+    errors,
+    first_ms: helloMs[0] ?? null,
+    p50_ms: pct(helloMs, 50),
+    p99_ms: pct(helloMs, 99),
+    all_ms: helloMs.length ? helloMs[helloMs.length - 1] : null,
   };
-  const timer = setTimeout(resolve, spec.timeout * 1000);
-  timer.unref();
-  for (let i = 0; i < spec.count; i++) {
-    const socket = io(spec.urls[i % spec.urls.length], {
-      transports: ["websocket"],
-      auth: { session: spec.tokens[i % spec.tokens.length] },
-      reconnection: false,
-      forceNew: true,
-      timeout: spec.timeout * 1000,
-    });
-    const mine = [];
-    received.push(mine);
-    let done = false;
-    socket.on("hello", () => {
-      if (!done) {
-        done = true;
-        helloMs.push(performance.now() - t0);
-        settle();
-      }
-    });
-    socket.on("notification", (note) => {
-      mine.push([note.id, note.prev ?? null, Date.now() - note.ts]);
-    });
-    socket.on("connect_error", (err) => {
-      if (!done) {
-        done = true;
-        failed += 1;
-        const key = String(err && err.message).slice(0, 80);
-        errors[key] = (errors[key] || 0) + 1;
-        settle();
-      }
-    });
-    sockets.push(socket);
-  }
-});
+}
 
-helloMs.sort((a, b) => a - b);
-out({
-  event: "storm",
-  count: spec.count,
-  connected: sockets.filter((s) => s.connected).length,
-  hellos: helloMs.length,
-  failed,
-  unanswered: spec.count - helloMs.length - failed,
-  errors,
-  first_ms: helloMs[0] ?? null,
-  p50_ms: pct(helloMs, 50),
-  p99_ms: pct(helloMs, 99),
-  all_ms: helloMs.length ? helloMs[helloMs.length - 1] : null,
-});
+let quitting = false;
+out({ event: "storm", ...(await connectMany(spec.count)) });
 
 for (let line; (line = await nextLine()) !== null; ) {
-  const command = line.trim();
-  if (command === "report") {
+  const [command, arg] = line.trim().split(/\s+/);
+  if (command === "connect") {
+    out({ event: "batch", ...(await connectMany(Number(arg))) });
+  } else if (command === "status") {
+    const connected = sockets.filter((s) => s.connected).length;
+    out({ event: "status", sockets: sockets.length, connected, dropped, drop_reasons: dropReasons });
+  } else if (command === "report") {
     out({ event: "report", connected: sockets.filter((s) => s.connected).length, received });
   } else if (command === "reset") {
     for (const r of received) r.length = 0;
@@ -117,5 +147,6 @@ for (let line; (line = await nextLine()) !== null; ) {
     break;
   }
 }
+quitting = true;
 for (const s of sockets) s.disconnect();
 setTimeout(() => process.exit(0), 200);

@@ -1,30 +1,49 @@
 """Scale scenarios of issue 9: the reconnect storm and idle memory per session.
 
-    python benchmarks/scale.py storm  [--sizes 500,1000,10000]
-    python benchmarks/scale.py memory [--sizes 1000,10000] [--trace 1000]
+    python benchmarks/scale.py storm  [--storm-sizes 500,1000,10000]
+    python benchmarks/scale.py memory [--memory-sizes 1000,10000] [--batch 250] [--trace 1000]
     python benchmarks/scale.py all
+    [--servers bare+deflate,bare,notifylab,notifylab+deflate] [--pythonpath DIR] [--log-dir DIR]
 
-Each scenario runs against one notifylab instance (``notifylab.lab.Lab``, a
-fresh ``NOTIFYLAB_PREFIX``, no worker) and, in the same run, against a bare
-python-socketio server (``bare_server.py``: no Redis, no RabbitMQ) as the
-baseline; every figure is printed beside the baseline's and their ratio.
+Each scenario runs, in the same run, against one notifylab instance
+(``notifylab.lab.Lab``, a fresh ``NOTIFYLAB_PREFIX``, no worker) and against a
+bare python-socketio server (``bare_server.py``: no Redis, no RabbitMQ) as the
+baseline, each with websocket permessage-deflate off and on: ``notifylab`` is
+the default (``NOTIFYLAB_WS_COMPRESSION=false``), ``notifylab+deflate`` sets it
+true, ``bare+deflate`` is python-socketio as shipped (aiohttp compresses by
+default) and ``bare`` is the same with ``compress=False``. "vs bare" is the
+ratio to the bare server with the same deflate setting.
 
 The sockets come from ``loadgen.mjs`` (Node's socket.io-client, websocket
-transport) in separate processes, at most 2,500 sockets each, so the
-generator is not what limits the figures: the baseline's storm times are
-the proof (same generator, a server that does nothing).
+transport, which offers permessage-deflate) in separate processes, at most
+2,500 sockets each, so the generator is not what limits the figures: the
+baseline's storm times are the proof (same generator, a server that does
+nothing).
 
-- storm: N sockets connect at once (users' sessions reused: 100 sockets per
-  session at most); time until every socket got ``hello``, failures, and the
-  lines of the instance's log that say error.
-- memory: RSS of the server process before and after N idle sockets (psutil,
-  after 3 s of quiet), per session; then, with ``--trace N``, the same on an
-  instance run under tracemalloc (``traced_serve.py``) and the top allocation
-  sites of the difference.
+- storm: N sockets connect at once, spread over ceil(N / 2,500) generator
+  processes started together (users' sessions reused: 100 sockets per
+  session at most); time until every socket got ``hello``, failures, silent
+  sockets and the lines of the instance's log that say error.
+- memory: N idle sockets connected in batches (``--batch``, 250: each batch
+  opened at once, the next once each of its sockets got ``hello`` or an
+  error), spread over the generator processes; sockets refused or silent are
+  replaced by extra batches (at most half as many again), so ``held`` reaches
+  N if the server can, the failures staying counted; RSS of the server process
+  (psutil) before, after each batch, and 5 s after the last. ``KB/session``
+  is (after - before) / held; ``slope`` is the least-squares slope of RSS
+  against held sockets over the batches (one-time costs excluded). ``held``
+  is what the generators still hold at the end (``dropped``: welcomed, then
+  disconnected, with socket.io-client's reasons in the JSON), ``srv conns`` the server's
+  established connections on its port. With ``--trace N``, the same on a
+  notifylab instance and a bare server run under tracemalloc
+  (``traced_serve.py``, deflate off) and the top allocation sites of the
+  difference, and a census of the objects the garbage collector tracks.
 
-Results: a table on stdout, ``benchmarks/scale_results.json`` and
-``benchmarks/scale.png``. Figures are printed, never asserted. See
-benchmarks/README.md ("Scale").
+``--pythonpath DIR`` puts DIR first on the servers' PYTHONPATH (a scratch
+copy of the tree, or patched copies of installed packages) to measure a
+change without touching the tree. Results: a table on stdout,
+``benchmarks/scale_results.json`` and ``benchmarks/scale.png``. Figures are
+printed, never asserted. See benchmarks/README.md ("Scale").
 """
 
 from __future__ import annotations
@@ -40,6 +59,7 @@ import tempfile
 import time
 import tracemalloc
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aio_pika
@@ -56,7 +76,15 @@ HERE = Path(__file__).resolve().parent
 PASSWORD = "benchmark password"
 PER_LOADGEN = 2500
 PER_SESSION = 100
+TOP_UP_ROUNDS = 0.5  # batched(): at most this many extra batches per planned batch
 BAD_LINES = ("Too many connections", "message async handler error", "Traceback", "ERROR")
+# name -> (server, websocket deflate)
+SERVERS = {
+    "bare+deflate": ("bare", True),
+    "bare": ("bare", False),
+    "notifylab": ("notifylab", False),
+    "notifylab+deflate": ("notifylab", True),
+}
 
 
 def machine() -> str:
@@ -89,18 +117,28 @@ async def register_tokens(url: str, count: int) -> list[str]:
         return await asyncio.gather(*(one(http) for _ in range(count)))
 
 
+def _add_errors(into: dict[str, int], errors: dict[str, int]) -> None:
+    for k, v in errors.items():
+        into[k] = into.get(k, 0) + v
+
+
 class Loadgen:
-    """Several ``loadgen.mjs`` processes holding ``count`` sockets between them."""
+    """Several ``loadgen.mjs`` processes holding ``count`` sockets between them:
+    all at once (:meth:`storm`) or in batches (:meth:`batched`)."""
 
     def __init__(self, urls: list[str], tokens: list[str], count: int, timeout: float):
         self.urls, self.tokens, self.count, self.timeout = urls, tokens, count, timeout
         self.procs: list[asyncio.subprocess.Process] = []
 
-    async def storm(self) -> dict:
+    def _parts(self) -> list[int]:
         parts = [PER_LOADGEN] * (self.count // PER_LOADGEN)
         if self.count % PER_LOADGEN:
             parts.append(self.count % PER_LOADGEN)
-        for _ in parts:
+        return parts
+
+    async def _spawn(self, counts: list[int]) -> None:
+        """One process per entry, connecting that many sockets at once when told."""
+        for _ in counts:
             proc = await asyncio.create_subprocess_exec(
                 "node",
                 str(HERE / "loadgen.mjs"),
@@ -109,18 +147,30 @@ class Loadgen:
                 limit=2**26,
             )
             self.procs.append(proc)
-        t0 = time.monotonic()
-        for proc, n in zip(self.procs, parts, strict=True):
-            spec = {"urls": self.urls, "tokens": self.tokens, "count": n, "timeout": self.timeout}
+
+    async def _start(self, counts: list[int]) -> None:
+        for i, (proc, n) in enumerate(zip(self.procs, counts, strict=True)):
+            spec = {
+                "urls": self.urls,
+                "tokens": self.tokens,
+                "count": n,
+                "timeout": self.timeout,
+                "offset": i * PER_LOADGEN,
+            }
             assert proc.stdin is not None
             proc.stdin.write(json.dumps(spec).encode() + b"\n\n")
         await asyncio.gather(*(p.stdin.drain() for p in self.procs if p.stdin))
-        reports = [await self._line(p) for p in self.procs]
+
+    async def storm(self) -> dict:
+        parts = self._parts()
+        await self._spawn(parts)
+        t0 = time.monotonic()
+        await self._start(parts)
+        reports = await asyncio.gather(*(self._line(p) for p in self.procs))
         wall = time.monotonic() - t0
         errors: dict[str, int] = {}
         for r in reports:
-            for k, v in r["errors"].items():
-                errors[k] = errors.get(k, 0) + v
+            _add_errors(errors, r["errors"])
         alls = [r["all_ms"] for r in reports if r["all_ms"] is not None]
         return {
             "count": self.count,
@@ -135,9 +185,83 @@ class Loadgen:
             "loadgen_cpu_s": sum(_cpu(p.pid) for p in self.procs),
         }
 
+    async def batched(self, batch: int, after_batch: Callable[[int], Awaitable[None]] | None = None) -> dict:
+        """``count`` sockets, ``batch`` at a time (a batch never spans two
+        processes); each batch starts once the previous one's sockets each got
+        hello, an error or the timeout. ``after_batch(welcomed so far)``."""
+        parts = self._parts()
+        await self._spawn(parts)
+        await self._start([0] * len(parts))
+        await asyncio.gather(*(self._line(p) for p in self.procs))  # the empty storms
+        hellos = failed = unanswered = 0
+        errors: dict[str, int] = {}
+        batch_s: list[float] = []
+        t0 = time.monotonic()
+        for proc, part in zip(self.procs, parts, strict=True):
+            for start in range(0, part, batch):
+                n = min(batch, part - start)
+                r = await self.command(proc, f"connect {n}")
+                hellos, failed, unanswered = (
+                    hellos + r["hellos"],
+                    failed + r["failed"],
+                    unanswered + r["unanswered"],
+                )
+                _add_errors(errors, r["errors"])
+                batch_s.append((r["all_ms"] or 0) / 1000)
+                if after_batch:
+                    await after_batch(hellos)
+        topped = 0
+        while hellos < self.count and topped < TOP_UP_ROUNDS * -(-self.count // batch):
+            # Refused or silent sockets are replaced (the last process takes them),
+            # so the instance holds ``count`` if it can; the failures stay counted.
+            topped += 1
+            r = await self.command(self.procs[-1], f"connect {min(batch, self.count - hellos)}")
+            hellos, failed, unanswered = (
+                hellos + r["hellos"],
+                failed + r["failed"],
+                unanswered + r["unanswered"],
+            )
+            _add_errors(errors, r["errors"])
+            batch_s.append((r["all_ms"] or 0) / 1000)
+            if after_batch:
+                await after_batch(hellos)
+        batch_s.sort()
+        return {
+            "top_up_batches": topped,
+            "count": self.count,
+            "batch": batch,
+            "batches": len(batch_s),
+            "hellos": hellos,
+            "failed": failed,
+            "unanswered": unanswered,
+            "errors": errors,
+            "batch_p50_s": batch_s[len(batch_s) // 2] if batch_s else None,
+            "batch_max_s": batch_s[-1] if batch_s else None,
+            "wall_s": time.monotonic() - t0,
+            "loadgens": len(self.procs),
+            "loadgen_cpu_s": sum(_cpu(p.pid) for p in self.procs),
+        }
+
+    async def status(self) -> dict:
+        """What the processes hold now: sockets opened, connected, dropped."""
+        replies = [await self.command(p, "status") for p in self.procs]
+        status = {k: sum(r[k] for r in replies) for k in ("sockets", "connected", "dropped")}
+        status["drop_reasons"] = {}
+        for r in replies:
+            _add_errors(status["drop_reasons"], r["drop_reasons"])
+        return status
+
+    async def command(self, proc: asyncio.subprocess.Process, command: str) -> dict:
+        assert proc.stdin is not None
+        proc.stdin.write(command.encode() + b"\n")
+        await proc.stdin.drain()
+        return await self._line(proc)
+
     async def _line(self, proc: asyncio.subprocess.Process) -> dict:
         assert proc.stdout is not None
         line = await asyncio.wait_for(proc.stdout.readline(), self.timeout + 30)
+        if not line:
+            raise RuntimeError(f"loadgen {proc.pid} exited ({await proc.wait()})")
         return json.loads(line)
 
     async def quit(self) -> None:
@@ -166,40 +290,77 @@ def rss_mib(pid: int) -> float:
     return psutil.Process(pid).memory_info().rss / 2**20
 
 
+def established(pid: int, port: int) -> int:
+    """The server's established TCP connections on its listening port."""
+    conns = psutil.Process(pid).net_connections(kind="tcp")
+    return sum(1 for c in conns if c.laddr and c.laddr.port == port and c.status == psutil.CONN_ESTABLISHED)
+
+
+def slope_kb(series: list[tuple[int, float]]) -> float | None:
+    """Least-squares KB of RSS per held socket over (held, RSS MiB) points."""
+    pts = [(x, y) for x, y in series if x > 0]
+    if len(pts) < 2:
+        return None
+    mx = sum(x for x, _ in pts) / len(pts)
+    my = sum(y for _, y in pts) / len(pts)
+    sxx = sum((x - mx) ** 2 for x, _ in pts)
+    if not sxx:
+        return None
+    return sum((x - mx) * (y - my) for x, y in pts) / sxx * 1024
+
+
 class Target:
     """The server under test: a notifylab instance or the bare baseline."""
 
-    def __init__(self, kind: str, log_dir: Path, traced: bool = False):
-        self.kind, self.log_dir, self.traced = kind, log_dir, traced
+    def __init__(self, name: str, log_dir: Path, traced: bool = False, pythonpath: str | None = None):
+        self.name, self.log_dir, self.traced, self.pythonpath = name, log_dir, traced, pythonpath
+        self.kind, self.deflate = SERVERS[name]
         self.prefix = f"nlbench{uuid.uuid4().hex[:10]}"
         self.lab: Lab | None = None
         self.proc: asyncio.subprocess.Process | None = None
         self.url = ""
+        self.port = 0
         self.log_path: Path | None = None
         self.trace_file = str(log_dir / f"trace-{self.prefix}")
+        self.dumps = 0
+
+    def env(self) -> dict[str, str]:
+        env = {
+            "NOTIFYLAB_PREFIX": self.prefix,
+            "NOTIFYLAB_LOG_LEVEL": "INFO",
+            "NOTIFYLAB_WS_COMPRESSION": "true" if self.deflate else "false",
+            "NOTIFYLAB_TRACE_FILE": self.trace_file,
+        }
+        if self.pythonpath:
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [self.pythonpath, os.environ.get("PYTHONPATH")]))
+        return env
 
     async def start(self) -> None:
-        port = free_port()
+        self.port = port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         if self.kind == "notifylab" and not self.traced:
-            self.lab = Lab(
-                {"NOTIFYLAB_PREFIX": self.prefix, "NOTIFYLAB_LOG_LEVEL": "INFO"}, log_dir=self.log_dir
-            )
+            self.lab = Lab(self.env(), log_dir=self.log_dir)
             server = await self.lab.start_server(port=port)
             self.pid, self.log_path = server.pid, server.log_path
             return
-        if self.kind == "bare":
-            args = [str(HERE / "bare_server.py"), str(port)]
-        else:
+        if self.traced:
             args = [str(HERE / "traced_serve.py"), "--port", str(port), "--instance-id", f"t{port}"]
-        env = {**os.environ, "NOTIFYLAB_PREFIX": self.prefix, "NOTIFYLAB_TRACE_FILE": self.trace_file}
-        self.log_path = self.log_dir / f"{self.kind}-{port}.log"
+            args += ["--bare"] if self.kind == "bare" else []
+        else:
+            args = [str(HERE / "bare_server.py"), str(port)]
+        if self.kind == "bare" and not self.deflate:
+            args.append("--no-compression")
+        self.log_path = self.log_dir / f"{self.name}-{port}.log"
         with open(self.log_path, "ab") as out:  # noqa: ASYNC230 (a local file, before the child starts)
             self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, *args, env=env, stdout=out, stderr=asyncio.subprocess.STDOUT
+                sys.executable,
+                *args,
+                env={**os.environ, **self.env()},
+                stdout=out,
+                stderr=asyncio.subprocess.STDOUT,
             )
         self.pid = self.proc.pid
-        async with aiohttp.ClientSession() as http, asyncio.timeout(30):
+        async with aiohttp.ClientSession() as http, asyncio.timeout(120):  # tracemalloc, on a loaded box
             while True:
                 try:
                     async with http.get(f"{self.url}/readyz") as r:
@@ -220,16 +381,17 @@ class Target:
         text = self.log_path.read_text(errors="replace")
         return [line for line in text.splitlines() if any(b in line for b in BAD_LINES)]
 
-    async def snapshot(self) -> tracemalloc.Snapshot:
-        n = sum(1 for p in self.log_dir.glob(Path(self.trace_file).name + ".*"))
+    async def snapshot(self) -> tuple[tracemalloc.Snapshot, dict[str, list[int]]]:
         assert self.proc is not None
+        path = Path(f"{self.trace_file}.{self.dumps}")
+        self.dumps += 1
         self.proc.send_signal(signal.SIGUSR1)
-        path = Path(f"{self.trace_file}.{n}")
-        async with asyncio.timeout(60):
-            while not path.exists() or path.stat().st_size == 0:  # noqa: ASYNC110, ASYNC240 (polling a file)
+        census = Path(f"{path}.census.json")
+        async with asyncio.timeout(120):
+            while not census.exists() or census.stat().st_size == 0:  # noqa: ASYNC110, ASYNC240 (polling a file)
                 await asyncio.sleep(0.5)
             await asyncio.sleep(2)  # let it finish writing
-        return tracemalloc.Snapshot.load(str(path))
+        return tracemalloc.Snapshot.load(str(path)), json.loads(census.read_text())  # noqa: ASYNC240
 
     async def stop(self) -> None:
         if self.lab:
@@ -263,64 +425,111 @@ async def cleanup(prefix: str) -> None:
         await channel.exchange_delete(f"{prefix}.events")
 
 
-async def storm(kind: str, size: int, log_dir: Path, timeout: float) -> dict:
-    target = Target(kind, log_dir)
+def _row(target: Target, scenario: str, size: int) -> dict:
+    return {"scenario": scenario, "server": target.name, "deflate": target.deflate, "size": size}
+
+
+async def storm(name: str, size: int, log_dir: Path, timeout: float, pythonpath: str | None) -> dict:
+    target = Target(name, log_dir, pythonpath=pythonpath)
     await target.start()
     try:
         tokens = await target.tokens(size)
         server_cpu = _cpu(target.pid)
+        rss0 = rss_mib(target.pid)
         gen = Loadgen([target.url], tokens, size, timeout)
         try:
             result = await gen.storm()
             result["server_cpu_s"] = _cpu(target.pid) - server_cpu
+            result["rss_before_mib"], result["rss_after_mib"] = rss0, rss_mib(target.pid)
         finally:
             await gen.quit()
         await asyncio.sleep(1)
         result["bad_log_lines"] = len(target.bad_lines())
         result["bad_log_sample"] = target.bad_lines()[:3]
-        return {"scenario": "storm", "server": kind, "size": size, **result}
+        return {**_row(target, "storm", size), **result}
     finally:
         await target.stop()
 
 
-async def memory(kind: str, size: int, log_dir: Path, timeout: float, traced: bool = False) -> dict:
-    target = Target(kind, log_dir, traced=traced)
+def census_diff(c0: dict[str, list[int]], c1: dict[str, list[int]], per: int, top: int = 20) -> list[str]:
+    rows = []
+    for name, (n1, b1) in c1.items():
+        n0, b0 = c0.get(name, (0, 0))
+        if n1 - n0:
+            rows.append((b1 - b0, n1 - n0, name))
+    rows.sort(reverse=True)
+    return [f"{b / per:8.0f} B/session  {n / per:6.2f} objects/session  {name}" for b, n, name in rows[:top]]
+
+
+async def memory(
+    name: str,
+    size: int,
+    log_dir: Path,
+    timeout: float,
+    batch: int,
+    traced: bool = False,
+    pythonpath: str | None = None,
+) -> dict:
+    target = Target(name, log_dir, traced=traced, pythonpath=pythonpath)
     await target.start()
     try:
         tokens = await target.tokens(size)
         await asyncio.sleep(3)
         before = rss_mib(target.pid)
         snap0 = await target.snapshot() if traced else None
+        series: list[tuple[int, float]] = [(0, before)]
+
+        async def sample(held: int) -> None:
+            series.append((held, rss_mib(target.pid)))
+
         gen = Loadgen([target.url], tokens, size, timeout)
         try:
-            result = await gen.storm()
-            await asyncio.sleep(3)
+            result = await gen.batched(batch, sample)
+            await asyncio.sleep(5)
             after = rss_mib(target.pid)
+            status = await gen.status()
+            conns = established(target.pid, target.port)
             top: list[str] = []
             if traced:
-                snap1 = await target.snapshot()
+                snap1, census1 = await target.snapshot()
                 assert snap0 is not None
-                for group in ("filename", "lineno"):
-                    diff = snap1.compare_to(snap0, group)
+                per = max(1, status["connected"])
+                top.append(f"-- {name} under tracemalloc, {per} sockets held; per held socket:")
+                total = sum(s.size_diff for s in snap1.compare_to(snap0[0], "filename"))
+                top.append(f"{total / per:8.0f} B/session  in all (what Python allocated)")
+                for group, n in (("filename", 15), ("lineno", 25)):
+                    diff = snap1.compare_to(snap0[0], group)
                     top.append(f"-- by {group}")
                     top += [
-                        f"{s.size_diff / size:8.0f} B/session  {s.count_diff:+8d} blocks  {s.traceback}"
-                        for s in diff[:15]
+                        f"{s.size_diff / per:8.0f} B/session  {s.count_diff / per:+7.2f} blocks/session"
+                        f"  {s.traceback}"
+                        for s in diff[:n]
                     ]
+                top.append("-- census of gc-tracked objects (count, sys.getsizeof of each)")
+                top += census_diff(snap0[1], census1, per)
         finally:
             await gen.quit()
+        held = status["connected"]
         return {
-            "scenario": "memory-traced" if traced else "memory",
-            "server": kind,
-            "size": size,
-            "connected": result["hellos"],
+            **_row(target, "memory-traced" if traced else "memory", size),
+            **result,
+            "connected": held,
+            "dropped": status["dropped"],
+            "drop_reasons": status["drop_reasons"],
+            "server_conns": conns,
             "rss_before_mib": before,
             "rss_after_mib": after,
-            "kb_per_session": (after - before) * 1024 / max(1, result["hellos"]),
+            "rss_series": series,
+            "kb_per_session": (after - before) * 1024 / max(1, held),
+            "slope_kb": slope_kb(series),
             "top": top,
         }
     finally:
         await target.stop()
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return format(value, spec) if value is not None else "-"
 
 
 def table(results: list[dict]) -> str:
@@ -328,35 +537,40 @@ def table(results: list[dict]) -> str:
     storms = [r for r in results if r["scenario"] == "storm"]
     if storms:
         lines.append(
-            f"{'storm (sockets at once)':<26}{'server':>10}{'hello':>8}{'failed':>8}{'silent':>8}"
-            f"{'all in (s)':>12}{'p50 (s)':>9}{'vs bare':>9}{'srv CPU s':>10}{'gen CPU s':>10}{'errlog':>8}"
+            f"{'storm (at once)':<16}{'server':>18}{'hello':>7}{'failed':>7}{'silent':>7}{'all in s':>9}"
+            f"{'p50 s':>7}{'vs bare':>8}{'srv CPU s':>10}{'gen CPU s':>10}{'errlog':>7}{'gens':>5}"
         )
-        base = {r["size"]: r for r in storms if r["server"] == "bare"}
+        base = {(r["size"], r["deflate"]): r for r in storms if SERVERS[r["server"]][0] == "bare"}
         for r in storms:
             ratio = ""
-            b = base.get(r["size"])
-            if b and b["all_s"] and r["all_s"] and r["server"] != "bare":
+            b = base.get((r["size"], r["deflate"]))
+            if b and b["all_s"] and r["all_s"] and b is not r:
                 ratio = f"{r['all_s'] / b['all_s']:.2f}x"
             lines.append(
-                f"{r['size']:<26}{r['server']:>10}{r['hellos']:>8}{r['failed']:>8}{r['unanswered']:>8}"
-                f"{(r['all_s'] or float('nan')):>12.2f}{r['p50_s']:>9.2f}{ratio:>9}{r['server_cpu_s']:>10.1f}"
-                f"{r['loadgen_cpu_s']:>10.1f}{r['bad_log_lines']:>8}"
+                f"{r['size']:<16}{r['server']:>18}{r['hellos']:>7}{r['failed']:>7}{r['unanswered']:>7}"
+                f"{_fmt(r['all_s'], '.2f'):>9}{r['p50_s']:>7.2f}{ratio:>8}{r['server_cpu_s']:>10.1f}"
+                f"{r['loadgen_cpu_s']:>10.1f}{r['bad_log_lines']:>7}{r['loadgens']:>5}"
             )
     mems = [r for r in results if r["scenario"].startswith("memory")]
     if mems:
         lines.append("")
         lines.append(
-            f"{'idle memory (sessions)':<26}{'server':>16}{'held':>8}{'RSS before':>12}"
-            f"{'RSS after':>11}{'KB/session':>12}{'vs bare':>9}"
+            f"{'idle (sessions)':<16}{'server':>27}{'held':>7}{'failed':>7}{'silent':>7}{'dropped':>8}"
+            f"{'srv conns':>10}{'RSS before':>11}{'RSS after':>10}{'KB/session':>11}{'slope KB':>9}"
+            f"{'vs bare':>8}{'batch max s':>12}"
         )
-        base = {r["size"]: r for r in mems if r["server"] == "bare"}
+        base = {
+            (r["size"], r["deflate"], r["scenario"]): r for r in mems if SERVERS[r["server"]][0] == "bare"
+        }
         for r in mems:
-            b = base.get(r["size"])
-            ratio = f"{r['kb_per_session'] / b['kb_per_session']:.2f}x" if b and r["server"] != "bare" else ""
+            b = base.get((r["size"], r["deflate"], r["scenario"]))  # traced against traced
+            ratio = f"{r['kb_per_session'] / b['kb_per_session']:.2f}x" if b and b is not r else ""
             name = r["server"] + (" (traced)" if r["scenario"] == "memory-traced" else "")
             lines.append(
-                f"{r['size']:<26}{name:>16}{r['connected']:>8}{r['rss_before_mib']:>12.1f}"
-                f"{r['rss_after_mib']:>11.1f}{r['kb_per_session']:>12.1f}{ratio:>9}"
+                f"{r['size']:<16}{name:>27}{r['connected']:>7}{r['failed']:>7}{r['unanswered']:>7}"
+                f"{r['dropped']:>8}{r['server_conns']:>10}{r['rss_before_mib']:>11.1f}{r['rss_after_mib']:>10.1f}"
+                f"{r['kb_per_session']:>11.1f}{_fmt(r['slope_kb'], '.1f'):>9}{ratio:>8}"
+                f"{_fmt(r['batch_max_s'], '.2f'):>12}"
             )
     return "\n".join(lines)
 
@@ -368,25 +582,29 @@ def plot(results: list[dict], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for kind, marker in (("notifylab", "o"), ("bare", "s")):
+    markers = {"bare+deflate": "s", "bare": "D", "notifylab": "o", "notifylab+deflate": "^"}
+    for name, marker in markers.items():
+        style = {"marker": marker, "label": name, "ls": "--" if SERVERS[name][0] == "bare" else "-"}
         rows = sorted(
-            (r for r in results if r["scenario"] == "storm" and r["server"] == kind), key=lambda r: r["size"]
+            (r for r in results if r["scenario"] == "storm" and r["server"] == name), key=lambda r: r["size"]
         )
         if rows:
-            ax1.plot([r["size"] for r in rows], [r["all_s"] or 0 for r in rows], marker=marker, label=kind)
+            ax1.plot([r["size"] for r in rows], [r["all_s"] or 0 for r in rows], **style)
             for r in rows:
                 if r["failed"] or r["unanswered"]:
-                    ax1.annotate(f"{r['failed'] + r['unanswered']} failed", (r["size"], r["all_s"] or 0))
+                    ax1.annotate(
+                        f"{r['failed'] + r['unanswered']} failed", (r["size"], r["all_s"] or 0), fontsize=7
+                    )
         rows = sorted(
-            (r for r in results if r["scenario"] == "memory" and r["server"] == kind), key=lambda r: r["size"]
+            (r for r in results if r["scenario"] == "memory" and r["server"] == name), key=lambda r: r["size"]
         )
         if rows:
-            ax2.plot(
-                [r["size"] for r in rows], [r["kb_per_session"] for r in rows], marker=marker, label=kind
-            )
+            ax2.plot([r["size"] for r in rows], [r["kb_per_session"] for r in rows], **style)
     ax1.axhline(5, ls=":", c="grey")
+    ax1.axhline(60, ls=":", c="grey")
     ax1.set(
         xscale="log",
+        yscale="log",
         xlabel="sockets connecting at once",
         ylabel="s until every hello",
         title="storm (target: 1,000 in 5 s, 10,000 in 60 s)",
@@ -394,13 +612,14 @@ def plot(results: list[dict], path: Path, title: str) -> None:
     ax2.axhline(30, ls=":", c="grey")
     ax2.set(
         xscale="log",
-        xlabel="idle sessions on one instance",
+        xlabel="idle sessions on one instance (connected in batches)",
         ylabel="KB RSS per session",
         title="idle memory (target < 30 KB)",
     )
+    ax2.set_ylim(bottom=0)
     for ax in (ax1, ax2):
         if ax.get_legend_handles_labels()[0]:
-            ax.legend()
+            ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -411,42 +630,64 @@ async def main() -> None:
     parser.add_argument("scenario", choices=["storm", "memory", "all"])
     parser.add_argument("--storm-sizes", default="500,1000,10000")
     parser.add_argument("--memory-sizes", default="1000,10000")
-    parser.add_argument("--trace", type=int, default=1000, help="sockets for the tracemalloc run; 0: none")
+    parser.add_argument("--servers", default=",".join(SERVERS), help=f"some of {', '.join(SERVERS)}")
+    parser.add_argument("--batch", type=int, default=250, help="memory: sockets connected at once")
+    parser.add_argument("--trace", type=int, default=1000, help="sockets for the tracemalloc runs; 0: none")
+    parser.add_argument("--trace-servers", default="notifylab,bare")
     parser.add_argument("--timeout", type=float, default=90)
+    parser.add_argument("--pythonpath", help="first on the servers' PYTHONPATH (a scratch tree)")
+    parser.add_argument("--log-dir", help="keep the servers' logs and traces here (default: a temporary one)")
     parser.add_argument("--out", default=str(HERE / "scale_results.json"))
+    parser.add_argument("--png", default=str(HERE / "scale.png"))
     args = parser.parse_args()
+    servers = [s for s in args.servers.split(",") if s]
+    unknown = set(servers) - set(SERVERS)
+    if unknown:
+        parser.error(f"unknown servers: {', '.join(sorted(unknown))}")
     about = machine()
     print(f"machine: {about}", flush=True)
+    if args.pythonpath:
+        print(f"servers' PYTHONPATH starts with {args.pythonpath}", flush=True)
     results: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="nlbench") as tmp:
-        log_dir = Path(tmp)
+        log_dir = Path(args.log_dir or tmp)
+        log_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 (once, before anything runs)
         if args.scenario in ("storm", "all"):
-            for size in map(int, args.storm_sizes.split(",")):
-                for kind in ("bare", "notifylab"):
-                    print(f"storm {size} on {kind} ...", flush=True)
-                    results.append(await storm(kind, size, log_dir, args.timeout))
-                    print("  ", {k: v for k, v in results[-1].items() if k != "bad_log_sample"}, flush=True)
+            for size in [int(x) for x in args.storm_sizes.split(",") if x]:
+                for name in servers:
+                    print(f"storm {size} on {name} ...", flush=True)
+                    results.append(await storm(name, size, log_dir, args.timeout, args.pythonpath))
+                    shown = {k: v for k, v in results[-1].items() if k != "bad_log_sample"}
+                    print("  ", shown, flush=True)
         if args.scenario in ("memory", "all"):
-            for size in map(int, args.memory_sizes.split(",")):
-                for kind in ("bare", "notifylab"):
-                    print(f"memory {size} on {kind} ...", flush=True)
-                    results.append(await memory(kind, size, log_dir, args.timeout))
+            for size in [int(x) for x in args.memory_sizes.split(",") if x]:
+                for name in servers:
+                    print(f"memory {size} on {name} (batches of {args.batch}) ...", flush=True)
+                    r = await memory(
+                        name, size, log_dir, args.timeout, args.batch, pythonpath=args.pythonpath
+                    )
+                    results.append(r)
+                    print("  ", {k: v for k, v in r.items() if k not in ("top", "rss_series")}, flush=True)
             if args.trace:
-                print(f"memory {args.trace} under tracemalloc ...", flush=True)
-                results.append(await memory("notifylab", args.trace, log_dir, args.timeout, traced=True))
+                for name in args.trace_servers.split(","):
+                    print(f"memory {args.trace} on {name} under tracemalloc ...", flush=True)
+                    r = await memory(
+                        name, args.trace, log_dir, args.timeout, args.batch, True, pythonpath=args.pythonpath
+                    )
+                    results.append(r)
     print()
     print(table(results))
     for r in results:
         if r.get("top"):
-            print("\ntracemalloc, what the idle sessions added (per session):")
+            print()
             print("\n".join(r["top"]))
         if r.get("bad_log_sample"):
             print(f"\n{r['server']} storm {r['size']}: log says {r['bad_log_sample']}")
     Path(args.out).write_text(  # noqa: ASYNC240 (once, at the end)
-        json.dumps({"machine": about, "results": results}, indent=1)
+        json.dumps({"machine": about, "pythonpath": args.pythonpath, "results": results}, indent=1)
     )
-    if any(r["scenario"] == "storm" or r["scenario"] == "memory" for r in results):
-        plot(results, HERE / "scale.png", f"notifylab scale, {about}")
+    if any(r["scenario"] in ("storm", "memory") for r in results):
+        plot(results, Path(args.png), f"notifylab scale, {about}")
 
 
 if __name__ == "__main__":
