@@ -215,7 +215,7 @@ class Run:
                 spies.append(subprocess.Popen(  # noqa: ASYNC220 (py-spy runs beside the loop; never waited on it)
                     [shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"), "record",
                      "--pid", str(proc.pid), "--duration", str(int(seconds)), "--format", "raw",
-                     "--output", str(out), "--rate", "100"],
+                     "--output", str(out), "--rate", "100", "--gil"],
                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                 ))  # fmt: skip
         t0 = time.time() * 1000
