@@ -80,8 +80,8 @@ class Settings:
     redis_pool_size: int = 64
     redis_pool_wait: int = 20
     # permessage-deflate on websockets. Off: our frames are small JSON, and
-    # compressing them cost a quarter of a busy instance's CPU (a deflate per
-    # frame per socket) and a zlib state per idle socket (benchmarks/README.md).
+    # each compressing socket keeps a zlib state, about 90 KB of an idle
+    # socket's 122 KB (server/engine.py, benchmarks/README.md).
     ws_compression: bool = False
 
     ENV_NAMES: ClassVar[dict[str, str]] = {  # field -> environment variable
