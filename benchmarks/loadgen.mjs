@@ -2,7 +2,9 @@
 //
 //   node benchmarks/loadgen.mjs < spec.json
 //
-// spec: {"urls": [...], "tokens": [...], "count": N, "timeout": seconds, "offset": 0}
+// spec: {"urls": [...], "tokens": [...], "count": N, "timeout": seconds, "offset": 0, "retry": false}
+// With "retry", a connect refused with "service unavailable" is tried again after a
+// full-jitter backoff, as notifylab's clients do ("retried" counts those attempts).
 // Socket i (numbered from `offset`, so several processes can share one token list)
 // connects to urls[i % urls.length] with auth {session: tokens[i % tokens.length]}.
 // The first `count` sockets connect all at once (count may be 0). It prints one
@@ -63,6 +65,7 @@ async function connectMany(count) {
   const helloMs = [];
   const errors = {};
   let failed = 0;
+  let retried = 0;
   const t0 = performance.now();
   await new Promise((resolve) => {
     if (count === 0) return resolve();
@@ -85,6 +88,7 @@ async function connectMany(count) {
       const mine = [];
       received.push(mine);
       let done = false;
+      let attempt = 0; // refusals retried so far (spec.retry)
       socket.on("hello", () => {
         if (!done) {
           done = true;
@@ -96,6 +100,17 @@ async function connectMany(count) {
         mine.push([note.id, note.prev ?? null, Date.now() - note.ts]);
       });
       socket.on("connect_error", (err) => {
+        if (!done && spec.retry && String(err && err.message).includes("service unavailable")) {
+          // As the React and Python clients do: retry a refusal after a
+          // full-jitter backoff, 1 s doubling to at most 20 s.
+          retried += 1;
+          const delay = Math.floor(Math.random() * Math.min(20000, 1000 * 2 ** attempt));
+          attempt += 1;
+          setTimeout(() => {
+            if (!done) socket.connect();
+          }, delay).unref();
+          return;
+        }
         if (!done) {
           done = true;
           failed += 1;
@@ -119,6 +134,7 @@ async function connectMany(count) {
     connected: sockets.filter((s) => s.connected).length,
     hellos: helloMs.length,
     failed,
+    retried,
     unanswered: count - helloMs.length - failed,
     errors,
     first_ms: helloMs[0] ?? null,

@@ -126,8 +126,11 @@ class Loadgen:
     """Several ``loadgen.mjs`` processes holding ``count`` sockets between them:
     all at once (:meth:`storm`) or in batches (:meth:`batched`)."""
 
-    def __init__(self, urls: list[str], tokens: list[str], count: int, timeout: float):
+    def __init__(
+        self, urls: list[str], tokens: list[str], count: int, timeout: float, retry: bool = False
+    ) -> None:
         self.urls, self.tokens, self.count, self.timeout = urls, tokens, count, timeout
+        self.retry = retry  # refused sockets try again with jittered backoff, as our clients do
         self.procs: list[asyncio.subprocess.Process] = []
 
     def _parts(self) -> list[int]:
@@ -156,6 +159,7 @@ class Loadgen:
                 "count": n,
                 "timeout": self.timeout,
                 "offset": i * PER_LOADGEN,
+                "retry": self.retry,
             }
             assert proc.stdin is not None
             proc.stdin.write(json.dumps(spec).encode() + b"\n\n")
@@ -176,6 +180,7 @@ class Loadgen:
             "count": self.count,
             "hellos": sum(r["hellos"] for r in reports),
             "failed": sum(r["failed"] for r in reports),
+            "retried": sum(r.get("retried", 0) for r in reports),
             "unanswered": sum(r["unanswered"] for r in reports),
             "errors": errors,
             "all_s": max(alls) / 1000 if alls else None,
@@ -370,10 +375,11 @@ class Target:
                     pass
                 await asyncio.sleep(0.2)
 
-    async def tokens(self, sockets: int) -> list[str]:
+    async def tokens(self, sockets: int, per_session: int = PER_SESSION) -> list[str]:
+        """Sessions for ``sockets`` sockets, ``per_session`` sharing each (one user's)."""
         if self.kind == "bare":
             return ["x" * 40]
-        return await register_tokens(self.url, max(1, -(-sockets // PER_SESSION)))
+        return await register_tokens(self.url, max(1, -(-sockets // per_session)))
 
     def bad_lines(self) -> list[str]:
         if not self.log_path or not self.log_path.exists():
@@ -429,14 +435,22 @@ def _row(target: Target, scenario: str, size: int) -> dict:
     return {"scenario": scenario, "server": target.name, "deflate": target.deflate, "size": size}
 
 
-async def storm(name: str, size: int, log_dir: Path, timeout: float, pythonpath: str | None) -> dict:
+async def storm(
+    name: str,
+    size: int,
+    log_dir: Path,
+    timeout: float,
+    pythonpath: str | None,
+    per_session: int = PER_SESSION,
+    retry: bool = False,
+) -> dict:
     target = Target(name, log_dir, pythonpath=pythonpath)
     await target.start()
     try:
-        tokens = await target.tokens(size)
+        tokens = await target.tokens(size, per_session)
         server_cpu = _cpu(target.pid)
         rss0 = rss_mib(target.pid)
-        gen = Loadgen([target.url], tokens, size, timeout)
+        gen = Loadgen([target.url], tokens, size, timeout, retry=retry)
         try:
             result = await gen.storm()
             result["server_cpu_s"] = _cpu(target.pid) - server_cpu
@@ -539,6 +553,7 @@ def table(results: list[dict]) -> str:
         lines.append(
             f"{'storm (at once)':<16}{'server':>18}{'hello':>7}{'failed':>7}{'silent':>7}{'all in s':>9}"
             f"{'p50 s':>7}{'vs bare':>8}{'srv CPU s':>10}{'gen CPU s':>10}{'errlog':>7}{'gens':>5}"
+            f"{'retried':>8}"
         )
         base = {(r["size"], r["deflate"]): r for r in storms if SERVERS[r["server"]][0] == "bare"}
         for r in storms:
@@ -550,6 +565,7 @@ def table(results: list[dict]) -> str:
                 f"{r['size']:<16}{r['server']:>18}{r['hellos']:>7}{r['failed']:>7}{r['unanswered']:>7}"
                 f"{_fmt(r['all_s'], '.2f'):>9}{r['p50_s']:>7.2f}{ratio:>8}{r['server_cpu_s']:>10.1f}"
                 f"{r['loadgen_cpu_s']:>10.1f}{r['bad_log_lines']:>7}{r['loadgens']:>5}"
+                f"{r.get('retried', 0):>8}"
             )
     mems = [r for r in results if r["scenario"].startswith("memory")]
     if mems:
@@ -632,6 +648,17 @@ async def main() -> None:
     parser.add_argument("--memory-sizes", default="1000,10000")
     parser.add_argument("--servers", default=",".join(SERVERS), help=f"some of {', '.join(SERVERS)}")
     parser.add_argument("--batch", type=int, default=250, help="memory: sockets connected at once")
+    parser.add_argument(
+        "--retry",
+        action="store_true",
+        help="storm: refused sockets retry with full-jitter backoff (1 s doubling to 20 s), as clients do",
+    )
+    parser.add_argument(
+        "--per-session",
+        type=int,
+        default=PER_SESSION,
+        help="storm: sockets sharing one user's session (an instance's users coming back: 1-3)",
+    )
     parser.add_argument("--trace", type=int, default=1000, help="sockets for the tracemalloc runs; 0: none")
     parser.add_argument("--trace-servers", default="notifylab,bare")
     parser.add_argument("--timeout", type=float, default=90)
@@ -656,7 +683,11 @@ async def main() -> None:
             for size in [int(x) for x in args.storm_sizes.split(",") if x]:
                 for name in servers:
                     print(f"storm {size} on {name} ...", flush=True)
-                    results.append(await storm(name, size, log_dir, args.timeout, args.pythonpath))
+                    results.append(
+                        await storm(
+                            name, size, log_dir, args.timeout, args.pythonpath, args.per_session, args.retry
+                        )
+                    )
                     shown = {k: v for k, v in results[-1].items() if k != "bad_log_sample"}
                     print("  ", shown, flush=True)
         if args.scenario in ("memory", "all"):
