@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 
 .PHONY: up test check setup kit-deps services build system-deps test-python test-frontend test-notebooks \
-	bench lock clean
+	bench bench-targets lock clean
 
 # The kit: two instances and a worker, and JupyterLab on notebooks/ beside them
 # (the React client in a tab next to the notebook). It prints the URL to open,
@@ -75,8 +75,18 @@ test-notebooks:
 		--nbval-kernel-startup-timeout=180 \
 		-n 2 --dist loadfile notebooks/
 
-bench: setup services  ## topic routing against fanout, in figures
+# Figures, never pass/fail (but for lost, duplicated or reordered notifications):
+# see benchmarks/README.md. `bench` takes about 20 minutes here, `bench-targets`
+# (issue 9's sizes: 10,000 sockets, 500 users, up to 3,000 notifications/s) an hour.
+bench: setup services  ## every benchmark at a modest size, in figures
 	$(BIN)/python benchmarks/routing.py
+	$(BIN)/python benchmarks/cost.py --floor
+	$(BIN)/python benchmarks/scale.py all --storm-sizes 500,1000 --memory-sizes 1000 --servers bare,notifylab --trace 0
+	$(BIN)/python benchmarks/ladder.py --users 200 --rates 250,500,1000
+
+bench-targets: setup services  ## the storm, idle memory and throughput at the sizes of the targets
+	$(BIN)/python benchmarks/scale.py all --storm-sizes 1000,10000 --memory-sizes 1000,10000 --retry --timeout 120
+	$(BIN)/python benchmarks/ladder.py --users 500 --rates 250,500,1000,2000,3000
 
 clean:
 	rm -rf $(VENV) frontend/node_modules frontend/dist
