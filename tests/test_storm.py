@@ -104,3 +104,42 @@ async def test_storm_of_500_sockets_all_welcomed(make_lab):
     log = server.log_path.read_text(errors="replace")
     bad = [line for line in log.splitlines() if any(b in line for b in BAD_LINES)]
     assert bad == [], "\n".join(bad[:10])
+
+
+async def test_past_a_full_line_connects_are_refused_at_once_and_get_in_on_retry(make_lab):
+    """With 2 places and 3 waiting, 40 sockets at once: the excess is refused
+    with "service unavailable" before any work (fast, not after the 5 s store
+    wait), counted in /metrics, nothing logged as an error; retried, every
+    one gets in, and the places are all given back."""
+    lab = await make_lab(servers=1, workers=0, NOTIFYLAB_CONNECT_CONCURRENCY="2", NOTIFYLAB_CONNECT_QUEUE="3")
+    [url] = servers(lab)
+    [server] = lab.processes
+    [token] = await login_tokens(url, 1)
+    count = 40
+    hellos: list[float] = []
+    errors: list[Any] = []
+    t0 = time.monotonic()
+    first = await asyncio.gather(*(open_socket(url, token, hellos, errors, t0) for _ in range(count)))
+    refused_within = time.monotonic() - t0
+    sockets = list(first)
+    try:
+        assert errors and all(e == {"message": "service unavailable, retry in a moment"} for e in errors), (
+            errors
+        )
+        assert len(hellos) + len(errors) == count
+        assert refused_within < 5, f"refusals took {refused_within:.1f} s"  # not the store wait
+        async with aiohttp.ClientSession() as http, http.get(f"{url}/metrics") as response:
+            metrics = await response.text()
+        assert f"notifylab_connects_shed_total {float(len(errors))}" in metrics
+        for _ in range(len(errors)):  # the clients' retry, one after another here
+            retry_errors: list[Any] = []
+            sockets.append(await open_socket(url, token, hellos, retry_errors, t0))
+            assert retry_errors == []
+        assert len(hellos) == count
+        assert await presence_entries(lab.env["NOTIFYLAB_PREFIX"]) == count
+    finally:
+        await asyncio.gather(*(s.disconnect() for s in sockets), return_exceptions=True)
+    assert server.log_path is not None
+    log = server.log_path.read_text(errors="replace")
+    bad = [line for line in log.splitlines() if any(b in line for b in BAD_LINES)]
+    assert bad == [], "\n".join(bad[:10])

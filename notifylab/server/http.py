@@ -77,6 +77,11 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         log.info("%s %s -> %d", request.method, request.path, exc.status)
         allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None  # 405 must say
         return web.json_response({"error": exc.reason}, status=exc.status, headers=allow)
+    except ConnectionResetError:
+        # The client went away mid-request (a websocket upgrade it gave up on,
+        # in a storm): nothing to answer, and not an error of ours.
+        log.info("%s %s: the client closed the connection", request.method, request.path)
+        return web.Response(status=499)
     except (RedisConnectionError, RedisTimeoutError) as exc:
         log.warning("%s %s -> 503 Redis unreachable: %s", request.method, request.path, exc)
         return web.json_response(
