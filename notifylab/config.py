@@ -79,11 +79,6 @@ class Settings:
     # smaller than its concurrency needs (see store/connect.py).
     redis_pool_size: int = 64
     redis_pool_wait: int = 20
-    # Sockets welcomed at once per instance, and how many more may wait for a
-    # place; past that a connect is refused at once (server/sockets.py,
-    # ConnectLine): a storm is let in at the pace the instance can welcome.
-    connect_concurrency: int = 32
-    connect_queue: int = 512
     # permessage-deflate on websockets. Off: our frames are small JSON, and
     # each compressing socket keeps a zlib state, about 90 KB of an idle
     # socket's 122 KB (server/engine.py, benchmarks/README.md).
@@ -115,8 +110,6 @@ class Settings:
         "redis_pool_size": "NOTIFYLAB_REDIS_POOL_SIZE",
         "redis_pool_wait": "NOTIFYLAB_REDIS_POOL_WAIT",
         "ws_compression": "NOTIFYLAB_WS_COMPRESSION",
-        "connect_concurrency": "NOTIFYLAB_CONNECT_CONCURRENCY",
-        "connect_queue": "NOTIFYLAB_CONNECT_QUEUE",
     }
 
     def __post_init__(self) -> None:
@@ -133,13 +126,10 @@ class Settings:
             "session_check_seconds",
             "redis_pool_size",
             "redis_pool_wait",
-            "connect_concurrency",
         )
         for name in at_least_one:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{self.ENV_NAMES[name]} must be at least 1, not {getattr(self, name)}")
-        if self.connect_queue < 0:
-            raise ConfigError(f"NOTIFYLAB_CONNECT_QUEUE must be 0 or more, not {self.connect_queue}")
         if not self.prefix.replace("-", "").replace("_", "").isalnum():
             raise ConfigError(f"NOTIFYLAB_PREFIX must be letters, digits, - or _, not {self.prefix!r}")
         if self.memory != (

@@ -22,11 +22,6 @@ class Metrics:
         self.sockets = Gauge(
             "notifylab_sockets_connected", "Socket.IO connections open on this instance", registry=r
         )
-        self.connects_shed = Counter(
-            "notifylab_connects_shed",
-            "Connects refused at once, before any work, because the line of connects was full",
-            registry=r,
-        )
         self.delivered = Counter(
             "notifylab_notifications_delivered",
             "Notifications emitted to sockets (one per socket)",

@@ -137,39 +137,6 @@ class Server(socketio.AsyncServer):
             await self.eio.disconnect(eio_sid)
 
 
-class ConnectLine:
-    """Admission for connects: at most ``at_once`` sockets are being
-    welcomed at a time (their Redis reads, the feed's bind and replay), at
-    most ``waiting`` more wait for a place, and a socket past that is refused
-    at once, before any work, with "service unavailable" (its client retries
-    after a jittered backoff).
-
-    Without it, a storm of 10,000 connects all started their Redis work, all
-    waited behind each other, all gave up after STORE_WAIT_SECONDS having
-    done it for nothing, and came back to do it again: after 120 s only 29 of
-    10,000 retrying sockets were in (benchmarks/README.md). Refusing the
-    excess cheaply keeps the ones let in fast.
-    """
-
-    def __init__(self, at_once: int, waiting: int):
-        self._places = asyncio.Semaphore(at_once)
-        self._max_waiting = waiting
-        self.waiting = 0
-
-    def full(self) -> bool:
-        return self._places.locked() and self.waiting >= self._max_waiting
-
-    async def enter(self) -> None:
-        self.waiting += 1
-        try:
-            await self._places.acquire()
-        finally:
-            self.waiting -= 1
-
-    def leave(self) -> None:
-        self._places.release()
-
-
 class SocketHandlers:
     """The handlers of one instance's Socket.IO server, one method each:
     ``connect`` and ``disconnect`` for a socket's lifetime, and one method a
@@ -184,8 +151,6 @@ class SocketHandlers:
         # *event* of that name too; this tells such a forgery from the real
         # lifecycle. check_sessions() reads the sessions from it.
         self._live: dict[str, tuple[str, str]] = {}
-        settings = services.settings
-        self._line = ConnectLine(settings.connect_concurrency, settings.connect_queue)
 
     def register(self) -> None:
         self.sio.on("connect", self.connect)
@@ -217,34 +182,20 @@ class SocketHandlers:
         if last_id is not None and not is_id(last_id):
             raise socketio.exceptions.ConnectionRefusedError("last_id is not a notification id")
         transport = self.sio.transport(sid)
-        if self._line.full():
-            self.services.metrics.connects_shed.inc()
-            log.info("refused socket %s: %d connects waiting already", sid, self._line.waiting)
-            raise socketio.exceptions.ConnectionRefusedError(UNAVAILABLE)
-        admitted = False
         try:
             async with asyncio.timeout(STORE_WAIT_SECONDS):
-                await self._line.enter()
-                admitted = True
                 session = await self.services.sessions.resolve_socket(
                     token, self.services.presence, sid, self.services.instance, transport
                 )
                 if session is None:
                     log.info("refused socket %s: no valid session", sid)
                     raise socketio.exceptions.ConnectionRefusedError("unauthorized: log in first")
-            await self.sio.save_session(sid, {"user": session.user, "session": session.id})
         except OUTAGE as exc:
-            if admitted:
-                self._line.leave()
             log.warning("refused socket %s: the store is unavailable (%s)", sid, _brief(exc))
             raise socketio.exceptions.ConnectionRefusedError(UNAVAILABLE) from None
-        except BaseException:
-            if admitted:
-                self._line.leave()
-            raise
+        await self.sio.save_session(sid, {"user": session.user, "session": session.id})
         self._live[sid] = (session.user, session.id)
         self.services.metrics.sockets.inc()
-        # The welcome keeps the socket's place in the line until it is done.
         task = asyncio.create_task(self._welcome(sid, session.user, session.id, last_id, transport))
         self._welcomes.add(task)
         task.add_done_callback(self._welcomes.discard)
@@ -290,8 +241,6 @@ class SocketHandlers:
         except Exception:
             log.exception("welcoming socket %s failed; disconnecting it", sid)
             await self.sio.disconnect(sid, ignore_queue=True)
-        finally:
-            self._line.leave()
 
     async def _hello_data(self, user: str, cursor: str) -> tuple[int, list[dict]]:
         """Hello's unread count (up to ``cursor``) and the user's operations,
