@@ -247,15 +247,22 @@ async def measure(label: str, tree: str | None, env: dict[str, str], args, prefi
 
 
 async def measure_floor(args, prefix: str) -> dict:  # type: ignore[no-untyped-def]
-    """The bus path on ``floor_server.py``: python-socketio's own cost."""
+    """The bus path on ``bare_server.py --exchange``: python-socketio's own cost."""
     exchange = Settings(prefix=prefix).fanout_exchange  # removed with the prefix afterwards
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = open(Path(tempfile.mkdtemp(prefix="cost-floor-")) / "floor.log", "wb")  # noqa: ASYNC230
     server = await asyncio.create_subprocess_exec(
-        sys.executable, str(HERE / "floor_server.py"), str(port), exchange, stdout=log, stderr=log
+        sys.executable,
+        str(HERE / "bare_server.py"),
+        str(port),
+        "--no-compression",
+        "--exchange",
+        exchange,
+        stdout=log,
+        stderr=log,
     )
-    row: dict = {"config": "floor", "tree": "python-socketio alone (floor_server.py)", "env": {}}
+    row: dict = {"config": "floor", "tree": "python-socketio alone (bare_server.py --exchange)", "env": {}}
     tokens = [f"floor{j}" for j in range(args.users)]
     sockets = Sockets(url, [t for t in tokens for _ in range(2)])
     bus = socketio.AsyncAioPikaManager(Settings().broker_url, channel=exchange, write_only=True)
@@ -365,7 +372,7 @@ async def main() -> None:
     )
     parser.add_argument("--profile", action="store_true", help="py-spy the instance on each path")
     parser.add_argument(
-        "--floor", action="store_true", help="also measure floor_server.py (python-socketio alone)"
+        "--floor", action="store_true", help="also measure python-socketio alone (bare_server.py --exchange)"
     )
     parser.add_argument("--config", action="append", default=[], metavar="LABEL[:TREE][:ENV=VALUE,...]")
     args = parser.parse_args()

@@ -198,38 +198,30 @@ class Loadgen:
         await self._spawn(parts)
         await self._start([0] * len(parts))
         await asyncio.gather(*(self._line(p) for p in self.procs))  # the empty storms
-        hellos = failed = unanswered = 0
+        totals = {"hellos": 0, "failed": 0, "unanswered": 0}
         errors: dict[str, int] = {}
         batch_s: list[float] = []
         t0 = time.monotonic()
-        for proc, part in zip(self.procs, parts, strict=True):
-            for start in range(0, part, batch):
-                n = min(batch, part - start)
-                r = await self.command(proc, f"connect {n}")
-                hellos, failed, unanswered = (
-                    hellos + r["hellos"],
-                    failed + r["failed"],
-                    unanswered + r["unanswered"],
-                )
-                _add_errors(errors, r["errors"])
-                batch_s.append((r["all_ms"] or 0) / 1000)
-                if after_batch:
-                    await after_batch(hellos)
-        topped = 0
-        while hellos < self.count and topped < TOP_UP_ROUNDS * -(-self.count // batch):
-            # Refused or silent sockets are replaced (the last process takes them),
-            # so the instance holds ``count`` if it can; the failures stay counted.
-            topped += 1
-            r = await self.command(self.procs[-1], f"connect {min(batch, self.count - hellos)}")
-            hellos, failed, unanswered = (
-                hellos + r["hellos"],
-                failed + r["failed"],
-                unanswered + r["unanswered"],
-            )
+
+        async def one_batch(proc: asyncio.subprocess.Process, n: int) -> None:
+            r = await self.command(proc, f"connect {n}")
+            for key in totals:
+                totals[key] += r[key]
             _add_errors(errors, r["errors"])
             batch_s.append((r["all_ms"] or 0) / 1000)
             if after_batch:
-                await after_batch(hellos)
+                await after_batch(totals["hellos"])
+
+        for proc, part in zip(self.procs, parts, strict=True):
+            for start in range(0, part, batch):
+                await one_batch(proc, min(batch, part - start))
+        topped = 0
+        while totals["hellos"] < self.count and topped < TOP_UP_ROUNDS * -(-self.count // batch):
+            # Refused or silent sockets are replaced (the last process takes them),
+            # so the instance holds ``count`` if it can; the failures stay counted.
+            topped += 1
+            await one_batch(self.procs[-1], min(batch, self.count - totals["hellos"]))
+        hellos, failed, unanswered = totals["hellos"], totals["failed"], totals["unanswered"]
         batch_s.sort()
         return {
             "top_up_batches": topped,
