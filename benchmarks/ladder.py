@@ -227,7 +227,11 @@ class Run:
             _, err = spy.communicate(timeout=60)
             if spy.returncode:
                 offered["profile_error"] = err.decode()[-300:]
-        received = [r for rep in await self.command("report") for r in rep["received"]]
+        reports = await self.command("report")
+        received = [r for rep in reports for r in rep["received"]]
+        # A socket refused at connect (the connect storm before the first rung) is
+        # not judged: it is counted apart, its user's other socket still is.
+        connected = [c for rep in reports for c in rep["connected_each"]]
         expected: list[list[str]] = []
         async with self.redis.pipeline(transaction=False) as pipe:
             for (name, _), before in zip(self.users, befores, strict=True):
@@ -238,7 +242,11 @@ class Run:
         latencies: list[float] = []
         last_ms = t0
         per_user_delivered: list[set[str]] = [set() for _ in self.users]
+        absent = 0
         for i, got in enumerate(received):
+            if not connected[i]:
+                absent += 1
+                continue
             user = i // 2
             want = set(expected[user])
             ids = [g[0] for g in got if g[0] in want]
@@ -269,6 +277,7 @@ class Run:
             "appended": appended,
             "deliveries": len(latencies),
             "sockets": len(received),
+            "sockets_not_connected": absent,
             "p50_ms": pct(latencies, 50),
             "p99_ms": pct(latencies, 99),
             "max_ms": max(latencies, default=math.nan),
@@ -337,6 +346,9 @@ def table(rows: list[dict]) -> str:
 PER_CALL = {"operations": PER_OPERATION, "publish": PER_PUBLISH}
 
 
+STYLES = ["o-", "s--", "^-", "v--", "D-", "x--", "P-", "*--"]
+
+
 def plot(rows: list[dict], path: Path, title: str) -> None:
     import matplotlib
 
@@ -345,7 +357,9 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
     for (mode, p), style in zip(
-        sorted({(r["mode"], r["path"]) for r in rows}), ["o-", "s--", "^-", "v--"], strict=False
+        sorted({(r["mode"], r["path"]) for r in rows}),
+        ["o-", "s--", "^-", "v--", "D-", "x--", "P-", "*--"],
+        strict=False,
     ):
         mine = [r for r in rows if r["mode"] == mode and r["path"] == p]
         xs = [r["offered"] for r in mine]
@@ -400,7 +414,14 @@ async def main() -> None:
         "(e.g. base:topic:/tmp/notifylab-base, made with `git worktree add`), so that code "
         "before and after a change is measured in the same run; repeat it",
     )
+    parser.add_argument("--plot-only", action="store_true", help="redraw ladder.png from ladder_results.json")
     args = parser.parse_args()
+    if args.plot_only:
+        saved = json.loads((HERE / "ladder_results.json").read_text())
+        users, workers = saved["args"]["users"], saved["args"]["workers"]
+        title = f"notifylab throughput ladder, 2 instances, {workers} workers, {users} users x 2 sockets"
+        plot(saved["rows"], HERE / "ladder.png", f"{title}; {saved['machine']}")
+        return
     configs = [_config(c) for c in args.config] or [(m, m, None) for m in args.modes.split(",")]
     rates = [int(x) for x in args.rates.split(",")]
     about = machine()

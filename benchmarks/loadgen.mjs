@@ -17,7 +17,8 @@
 //                fields, times from the command) when each got hello, an error or timed out;
 //   "status":    prints {"event": "status", "sockets", "connected", "dropped", "drop_reasons"}
 //                (dropped: welcomed, then disconnected);
-//   "report":    prints {"event": "report", ...} with each socket's received ids and latencies;
+//   "report":    prints {"event": "report", ...} with each socket's received ids and latencies,
+//                and whether it is connected (connected_each);
 //   "reset":     forgets the received notifications;
 //   "quit":      disconnects everything and exits.
 // Node's socket.io-client is installed by `cd frontend && npm ci`.
@@ -155,7 +156,8 @@ for (let line; (line = await nextLine()) !== null; ) {
     const connected = sockets.filter((s) => s.connected).length;
     out({ event: "status", sockets: sockets.length, connected, dropped, drop_reasons: dropReasons });
   } else if (command === "report") {
-    out({ event: "report", connected: sockets.filter((s) => s.connected).length, received });
+    const each = sockets.map((s) => s.connected);
+    out({ event: "report", connected: each.filter(Boolean).length, connected_each: each, received });
   } else if (command === "reset") {
     for (const r of received) r.length = 0;
     out({ event: "reset" });
