@@ -11,6 +11,7 @@ and the workers, to see its instances join that cluster.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import http.server
 import json
@@ -299,8 +300,7 @@ async def test_jupyter_service_command_joins_the_cluster_natively(compose, make_
     """The jupyter service's own command, run here: server-a, server-b and a
     worker are a lab cluster; the compose URLs point at this machine's RabbitMQ
     and Redis; /app is the repository (what the volumes mount there)."""
-    from support import BROKER, REDIS, servers
-    from test_kit import URL, Kit, port_free
+    from support import BROKER, KIT_URL, REDIS, Kit, port_free, servers
 
     lab = await make_lab(servers=2, workers=1)  # instances a and b, as server-a and server-b
     jupyter = services(compose)["jupyter"]
@@ -328,9 +328,8 @@ async def test_jupyter_service_command_joins_the_cluster_natively(compose, make_
     )
     kit = Kit(*args, env=env)
     try:
-        await kit.start()
-        m = await kit.wait_for(URL, 120)
-        assert m.group(2) == jupyter_port
+        m = await asyncio.to_thread(kit.wait_for, KIT_URL)
+        assert m.group("port") == jupyter_port
         ids = flag(cmd, "--instance-ids").split(",")
         mine = [f"http://127.0.0.1:{p}" for p in ports]
         for url, instance in zip(mine, ids, strict=True):
@@ -338,8 +337,8 @@ async def test_jupyter_service_command_joins_the_cluster_natively(compose, make_
                 health = await r.json()
             assert health["instance"] == instance and health["prefix"] == lab.env["NOTIFYLAB_PREFIX"]
         async with aiohttp.ClientSession() as http:
-            headers = {"Authorization": f"token {m.group(3)}"}
-            async with http.get(f"{m.group(1)}/notifylab/api/kinds", headers=headers) as r:
+            headers = {"Authorization": f"token {m.group('token')}"}
+            async with http.get(f"{m.group('base')}/notifylab/api/kinds", headers=headers) as r:
                 assert r.status == 200 and (await r.json())["kinds"]
 
         # One user: a session on the jupyter service's instance, another on
@@ -354,13 +353,11 @@ async def test_jupyter_service_command_joins_the_cluster_natively(compose, make_
             assert final["type"] == "operation.succeeded"
             assert session.duplicates == 0
 
-        kit.descendants()
-        kit.process.send_signal(signal.SIGINT)
-        assert await kit.wait_exit() == 0
-        assert await kit.alive_after() == []
+        assert await asyncio.to_thread(kit.interrupt) == 0
+        assert await asyncio.to_thread(kit.alive_after) == []
         assert all(port_free(int(p)) for p in (*ports, jupyter_port))
     finally:
-        await kit.cleanup()
+        await asyncio.to_thread(kit.cleanup)
 
 
 def test_only_known_settings_are_used():
