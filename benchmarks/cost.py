@@ -53,7 +53,7 @@ import psutil
 import socketio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ladder import API_KEY, register, top_costs
+from ladder import API_KEY, checkout, register, top_costs
 from routing import remove
 from scale import Loadgen, machine
 
@@ -78,11 +78,7 @@ def parse_config(text: str) -> tuple[str, str | None, dict[str, str]]:
         if "=" in part:
             env.update(item.split("=", 1) for item in part.split(","))
         elif part:
-            tree = str(Path(part).resolve())
-            if not (Path(tree) / "notifylab" / "__init__.py").exists():
-                raise SystemExit(f"--config {text!r}: no notifylab package in {tree}")
-            if (Path.cwd() / "notifylab").is_dir():
-                raise SystemExit("--config with a TREE: run from outside a checkout (cd /tmp)")
+            tree = checkout(part, text)
     if not label.isalnum():
         raise SystemExit(f"--config {text!r}: LABEL must be letters and digits")
     return label, tree, env

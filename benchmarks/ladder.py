@@ -379,17 +379,23 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     fig.savefig(path, dpi=110)
 
 
+def checkout(path: str, given: str) -> str:
+    """``path`` as an absolute checkout of notifylab whose package the
+    processes will import (through PYTHONPATH); ``given`` names the option."""
+    tree = Path(path).resolve()
+    if not (tree / "notifylab" / "__init__.py").exists():
+        raise SystemExit(f"--config {given!r}: no notifylab package in {tree}")
+    if (Path.cwd() / "notifylab").is_dir():  # python -m puts the current directory first
+        raise SystemExit("--config with a TREE: run from outside a checkout (cd /tmp)")
+    return str(tree)
+
+
 def _config(text: str) -> tuple[str, str, str | None]:
     """``LABEL:MODE[:TREE]`` -> (label, mode, tree or None)."""
     label, mode, *rest = text.split(":", 2)
     if mode not in ("topic", "fanout") or not label.isalnum():
         raise SystemExit(f"--config {text!r}: want LABEL:topic|fanout[:TREE], LABEL letters and digits")
-    tree = str(Path(rest[0]).resolve()) if rest else None
-    if tree and not (Path(tree) / "notifylab" / "__init__.py").exists():
-        raise SystemExit(f"--config {text!r}: no notifylab package in {tree}")
-    if tree and (Path.cwd() / "notifylab").is_dir():  # python -m puts the current directory first
-        raise SystemExit("--config with a TREE: run the ladder from outside a checkout (cd /tmp)")
-    return label, mode, tree
+    return label, mode, checkout(rest[0], text) if rest else None
 
 
 async def main() -> None:
