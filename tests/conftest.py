@@ -15,7 +15,15 @@ import pytest
 
 from notifylab.lab import Lab
 from notifylab.lab.client import Client
-from support import PASSWORD, PREFIXES, check_services, new_prefix, new_username, remove
+from support import (
+    PASSWORD,
+    PREFIXES,
+    check_services,
+    new_prefix,
+    new_username,
+    remove,
+    two_instances_and_a_worker,
+)
 
 
 @pytest.fixture(scope="session")
@@ -53,14 +61,7 @@ async def make_lab(services: None, tmp_path: Path) -> AsyncIterator[LabFactory]:
 @pytest.fixture(scope="module")
 async def stack(services: None, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Lab]:
     """Two server instances (a, b) and one worker, shared by a test module."""
-    lab = Lab(
-        {"NOTIFYLAB_PREFIX": new_prefix(), "NOTIFYLAB_LOG_LEVEL": "INFO"},
-        log_dir=tmp_path_factory.mktemp("stack"),
-    )
-    async with lab:
-        await lab.start_server(instance_id="a")
-        await lab.start_server(instance_id="b")
-        await lab.start_worker()
+    async with two_instances_and_a_worker(tmp_path_factory.mktemp("stack")) as lab:
         yield lab
 
 

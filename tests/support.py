@@ -73,6 +73,18 @@ async def remove(prefixes: list[str]) -> None:
         await remove_prefix(Settings(prefix=prefix))
 
 
+@contextlib.asynccontextmanager
+async def two_instances_and_a_worker(log_dir: Path, **env: str) -> AsyncIterator[Lab]:
+    """Instances a and b and one worker under a fresh prefix (``env`` over
+    the defaults), all stopped on the way out: what a test module shares."""
+    lab = Lab({"NOTIFYLAB_PREFIX": new_prefix(), "NOTIFYLAB_LOG_LEVEL": "INFO", **env}, log_dir=log_dir)
+    async with lab:
+        await lab.start_server(instance_id="a")
+        await lab.start_server(instance_id="b")
+        await lab.start_worker()
+        yield lab
+
+
 def servers(lab: Lab) -> list[str]:
     return [p.url for p in lab.processes if p.url]
 

@@ -23,7 +23,15 @@ import redis.asyncio as aioredis
 
 from notifylab.lab import Lab, free_port
 from notifylab.lab.client import Client
-from support import PASSWORD, REDIS, PrivateRedis, new_prefix, new_username, private_redis, servers
+from support import (
+    PASSWORD,
+    REDIS,
+    PrivateRedis,
+    new_username,
+    private_redis,
+    servers,
+    two_instances_and_a_worker,
+)
 
 ATTEMPTS = 3
 BALANCER = "https://notifylab.example:8443"  # the extra allowed origin
@@ -39,17 +47,11 @@ def new_address() -> str:
 
 @pytest.fixture(scope="module")
 async def lab(services: None, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Lab]:
-    env = {
-        "NOTIFYLAB_PREFIX": new_prefix(),
-        "NOTIFYLAB_LOG_LEVEL": "INFO",
-        "NOTIFYLAB_LOGIN_ATTEMPTS": str(ATTEMPTS),
-        "NOTIFYLAB_ALLOWED_ORIGINS": BALANCER + "/",
-    }
-    lab = Lab(env, log_dir=tmp_path_factory.mktemp("hardening-rest"))
-    async with lab:
-        await lab.start_server(instance_id="a")
-        await lab.start_server(instance_id="b")
-        await lab.start_worker()
+    async with two_instances_and_a_worker(
+        tmp_path_factory.mktemp("hardening-rest"),
+        NOTIFYLAB_LOGIN_ATTEMPTS=str(ATTEMPTS),
+        NOTIFYLAB_ALLOWED_ORIGINS=BALANCER + "/",
+    ) as lab:
         yield lab
 
 

@@ -24,7 +24,7 @@ from notifylab.lab.client import Client, ClientError
 from notifylab.lab.publisher import Publisher, publish
 from notifylab.lab.verdict import verdict
 from notifylab.protocol import COOKIE
-from support import PASSWORD, new_prefix, new_username, servers
+from support import PASSWORD, new_username, servers, two_instances_and_a_worker
 
 KEY = "test-publish-key-0123456789abcdef"
 DATA_MAX = 8 * 1024
@@ -35,12 +35,7 @@ NEUTRAL = {"operation": "", "kind": "", "state": "", "step": 0, "steps": 0, "pro
 async def lab(services: None, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Lab]:
     """Instances a and b and a worker, with the publish API on (one lab for
     the module: a lab per test would cost seconds each)."""
-    env = {"NOTIFYLAB_PREFIX": new_prefix(), "NOTIFYLAB_LOG_LEVEL": "INFO", "NOTIFYLAB_API_KEY": KEY}
-    lab = Lab(env, log_dir=tmp_path_factory.mktemp("publish"))
-    async with lab:
-        await lab.start_server(instance_id="a")
-        await lab.start_server(instance_id="b")
-        await lab.start_worker()
+    async with two_instances_and_a_worker(tmp_path_factory.mktemp("publish"), NOTIFYLAB_API_KEY=KEY) as lab:
         yield lab
 
 
