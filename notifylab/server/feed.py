@@ -157,9 +157,9 @@ class Feed:
     async def _emit(self, user: str, batch: list[Notification] | list[BusNotification]) -> None:
         room = user_room(user)
         for note in batch:
-            await self.sio.emit_here("notification", self._stamped(note), room)
+            sent = await self.sio.emit_here("notification", self._stamped(note), room)
             self.cursors[user] = note["id"]
-            self.metrics.delivered.inc(len(self.members[user]))
+            self.metrics.delivered.inc(sent)
             self.metrics.latency.observe(max(0.0, time.time() - note["ts"] / 1000))
 
     def _stamped(self, note: Notification) -> Notification:
