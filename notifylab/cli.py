@@ -24,6 +24,8 @@ from aiohttp import web
 from .config import ConfigError, Settings
 from .errors import ServiceUnavailable
 from .kit import JupyterLab, check_free, find_kit_dir, open_browser
+from .loop import run as run_on_loop
+from .loop import running as running_loop
 
 if TYPE_CHECKING:
     from .lab.processes import Lab
@@ -128,7 +130,8 @@ async def _serve(settings: Settings) -> None:
         stop = _wait_for_signal()
         await web.TCPSite(runner, settings.host, settings.port).start()
         print(
-            f"notifylab instance {settings.instance_id} serving on http://{settings.host}:{settings.port}",
+            f"notifylab instance {settings.instance_id} serving on http://{settings.host}:{settings.port}"
+            f" (event loop: {running_loop()})",
             flush=True,
         )
         await stop.wait()
@@ -156,7 +159,11 @@ async def _worker(settings: Settings, worker_id: str | None) -> None:
         worker = Worker(settings, redis, jobs, emitter, worker_id)
         stop = _wait_for_signal()
         await worker.start()
-        print(f"notifylab worker {worker.id} running jobs from {settings.jobs_queue}", flush=True)
+        print(
+            f"notifylab worker {worker.id} running jobs from {settings.jobs_queue}"
+            f" (event loop: {running_loop()})",
+            flush=True,
+        )
         await stop.wait()
     finally:
         await jobs.close()  # unacked jobs go back to the queue for another worker
@@ -299,10 +306,12 @@ def main(argv: list[str] | None = None) -> int:
             level=settings.log_level.upper(),
             format=f"%(asctime)s {args.command}[{os.getpid()}] %(levelname)s %(name)s: %(message)s",
         )
+        # Servers and workers carry the load: they run on settings.event_loop
+        # (uvloop by default). kit and up only start and watch processes.
         if args.command == "serve":
-            asyncio.run(_serve(settings))
+            run_on_loop(_serve(settings), settings.event_loop)
         elif args.command == "worker":
-            asyncio.run(_worker(settings, args.worker_id))
+            run_on_loop(_worker(settings, args.worker_id), settings.event_loop)
         elif args.command == "kit":
             return asyncio.run(_kit(settings, args))
         else:

@@ -83,6 +83,9 @@ class Settings:
     # each compressing socket keeps a zlib state, about 90 KB of an idle
     # socket's 122 KB (server/engine.py, benchmarks/README.md).
     ws_compression: bool = False
+    # The event loop of servers and workers: "uvloop" (the default; asyncio's
+    # own loop where uvloop is missing) or "asyncio" (notifylab/loop.py).
+    event_loop: str = "uvloop"
 
     ENV_NAMES: ClassVar[dict[str, str]] = {  # field -> environment variable
         "broker_url": "NOTIFYLAB_BROKER_URL",
@@ -110,11 +113,14 @@ class Settings:
         "redis_pool_size": "NOTIFYLAB_REDIS_POOL_SIZE",
         "redis_pool_wait": "NOTIFYLAB_REDIS_POOL_WAIT",
         "ws_compression": "NOTIFYLAB_WS_COMPRESSION",
+        "event_loop": "NOTIFYLAB_EVENT_LOOP",
     }
 
     def __post_init__(self) -> None:
         if self.routing not in {"topic", "fanout"}:
             raise ConfigError(f"NOTIFYLAB_ROUTING must be 'topic' or 'fanout', not {self.routing!r}")
+        if self.event_loop not in {"uvloop", "asyncio"}:
+            raise ConfigError(f"NOTIFYLAB_EVENT_LOOP must be 'uvloop' or 'asyncio', not {self.event_loop!r}")
         if not 0 < self.port < 65536:
             raise ConfigError(f"NOTIFYLAB_PORT must be 1-65535, not {self.port}")
         at_least_one = (

@@ -98,3 +98,34 @@ def test_the_unknown_user_hash_costs_what_a_real_one_does():
     # Same parameters, so a login for an unknown name takes as long as a wrong password.
     assert not accounts._hasher.check_needs_rehash(accounts._DUMMY_HASH)
     assert PasswordHasher().verify(accounts._DUMMY_HASH, "not-a-real-password")
+
+
+def test_the_codec_writes_what_the_standard_library_reads_and_back():
+    """orjson on the hot path, the standard library for what orjson refuses
+    (a client's lone surrogate, an integer past 64 bits): same JSON either way."""
+    import json
+
+    from notifylab import codec
+
+    for value in [{"a": "é ✓", "n": [1, 2.5, None, True]}, {"big": 10**30}, {"s": "\ud800"}, [], "x"]:
+        text = codec.dumps(value)
+        assert json.loads(text) == value == codec.loads(codec.dumpb(value))
+        text.encode()  # valid UTF-8, whatever went in
+    assert codec.dumps({"a": [1, 2]}) == '{"a":[1,2]}'  # compact, as python-socketio writes it
+    with pytest.raises(ValueError):
+        codec.loads(b"{not json")
+    # What clients send is read by engine.io's guarded reader, not orjson.
+    with pytest.raises(ValueError):
+        codec.SocketIOJSON.loads("1" * 101)
+
+
+def test_the_event_loop_is_the_one_named():
+    from notifylab import loop
+
+    async def which() -> str:
+        return loop.running()
+
+    assert loop.run(which(), "uvloop") == "uvloop"
+    assert loop.run(which(), "asyncio") == "asyncio"
+    with pytest.raises(ConfigError, match="NOTIFYLAB_EVENT_LOOP"):
+        Settings(event_loop="trio")

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from .. import codec
 from ..bus.managers import make_manager
 from ..config import Settings
 from ..store.presence import HEARTBEAT_SECONDS
@@ -107,6 +108,7 @@ def create_app(settings: Settings) -> web.Application:
         async_mode="aiohttp",
         client_manager=make_manager(settings),
         max_http_buffer_size=MAX_BODY,
+        json=codec.SocketIOJSON,
         logger=False,
         engineio_logger=False,
         ws_compression=settings.ws_compression,
