@@ -59,7 +59,7 @@ class FakeSio:
     ) -> None:
         self.emitted.append((event, data, to or room))
 
-    async def emit_here(self, event: str, data: Any, room: str) -> int:
+    def emit_now(self, event: str, data: Any, room: str) -> int:
         self.emitted.append((event, data, room))
         return len(self.rooms.get(room, ()))
 

@@ -5,7 +5,7 @@
   5.x. If an upgrade changes it again, this fails instead of delivery quietly
   falling back on the feed's gap filling.
 - engine.io's aiohttp websocket class, which we swap to set compression,
-  and the parts of python-socketio ``Server.emit_here`` uses.
+  and the parts of python-socketio ``Server.emit_now`` uses.
 - The package's import graph: no circle, and the kernel side (``lab``,
   ``widgets``) never imports the server or the store.
 """
@@ -17,10 +17,12 @@ import asyncio
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 import socketio
 from aiohttp import web
 
@@ -159,10 +161,11 @@ async def test_websocket_compression_is_what_the_settings_say(make_lab):
     assert offered == {"false": 0, "true": 15}
 
 
-async def test_emit_here_reaches_a_client_exactly_as_emit_does():
-    """The feed's emit_here uses python-socketio's packet class, its
-    manager's rooms and engine.io's send_packet: a client must get the same
-    event, with the same data, as from emit()."""
+@pytest.mark.parametrize("transport", ["websocket", "polling"])
+async def test_emit_now_reaches_a_client_exactly_as_emit_does(transport: str):
+    """The feed's emit_now uses python-socketio's rooms and engine.io's
+    sockets and queues: a client must get the same event, with the same
+    data, as from emit(), over either transport."""
     sio = Server(async_mode="aiohttp", logger=False, engineio_logger=False)
     app = web.Application()
     sio.attach(app)
@@ -186,14 +189,18 @@ async def test_emit_here_reaches_a_client_exactly_as_emit_does():
             arrived.set()
 
     try:
-        await client.connect(f"http://127.0.0.1:{port}", transports=["websocket"])
+        await client.connect(f"http://127.0.0.1:{port}", transports=[transport])
         note = {"id": "1-0", "title": "é ✓", "nested": {"n": [1, 2.5, None, True]}}
         await asyncio.sleep(0.1)  # the connect handler has put it in the room
-        assert await sio.emit_here("notification", note, "user:ann") == 1
+        assert sio.emit_now("notification", note, "user:ann") == 1
         await sio.emit("notification", note, room="user:ann")
         await asyncio.wait_for(arrived.wait(), 5)
         assert got == [note, note]
-        assert await sio.emit_here("notification", note, "user:nobody") == 0
+        assert sio.emit_now("notification", note, "user:nobody") == 0
+        # A client that stopped answering pings is not sent to: engine.io closes it.
+        (socket,) = sio.eio.sockets.values()
+        socket.last_ping = time.time() - sio.eio.ping_timeout - 1
+        assert sio.emit_now("notification", note, "user:ann") == 0
     finally:
         await client.disconnect()
         await runner.cleanup()

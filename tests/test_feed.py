@@ -52,8 +52,9 @@ async def test_rule_2_the_cursor_drops_what_was_emitted_already():
     sio.manager.connected.add("s1")
     await feed.attach("s1", ANN, last_id=None)
     first = await inbox.append(ANN, note(1))
-    await feed.receive(first)
-    await feed.receive(first)  # the same message again (redelivered, or our own emit coming back)
+    feed.receive([first])
+    feed.receive([first])  # the same message again (redelivered, or our own emit coming back)
+    await feed.settle()
     assert sio.notifications(ROOM) == [first["id"]]
     assert metrics.duplicates._value.get() == 1
 
@@ -65,7 +66,8 @@ async def test_rule_3_a_gap_named_by_prev_is_read_from_the_stream_in_order():
     lost = await inbox.append(ANN, note(1))  # its publish never arrives
     second = await inbox.append(ANN, note(2))
     assert second["prev"] == lost["id"]
-    await feed.receive(second)
+    feed.receive([second])
+    await feed.settle()
     assert sio.notifications(ROOM) == [lost["id"], second["id"]]
     assert metrics.gaps._value.get() == 1
     emitted = [data for event, data, _ in sio.emitted if event == "notification"]
@@ -82,7 +84,8 @@ async def test_the_last_socket_leaving_unbinds_and_forgets_the_cursor():
     await feed.detach("s2", ANN)
     assert sio.manager.calls[-1] == ("unsubscribe", ANN) and ANN not in feed.cursors
     late = await inbox.append(ANN, note(1))
-    await feed.receive(late)  # nobody here any more: nothing emitted
+    feed.receive([late])  # nobody here any more: nothing emitted
+    await feed.settle()
     assert sio.notifications() == []
 
 
@@ -118,3 +121,52 @@ async def test_a_users_lock_lives_only_while_a_task_holds_or_waits_on_it():
     for sid in ("s1", "s2", "s3"):
         await feed.detach(sid, ANN)
     assert feed._locks == {} and feed.members == {} and feed.cursors == {}
+
+
+async def test_a_batch_goes_out_in_bus_order_through_both_paths():
+    """What arrived in one read is one ``receive``: the notifications that
+    follow the cursor go out at once (no await), the rest wait behind the
+    user's lock, and the sockets still see stream order, with no gap."""
+    feed, sio, inbox, metrics = make_feed(fake_redis())
+    sio.manager.connected.add("s1")
+    await feed.attach("s1", ANN, last_id=None)
+    notes = [await inbox.append(ANN, note(n)) for n in range(1, 6)]
+    arrived = [notes[0], notes[2], notes[0], notes[3], notes[4]]  # 2 lost, 1 again
+    feed.receive(arrived)
+    assert sio.notifications(ROOM) == [notes[0]["id"]]  # the fast path, before any await
+    await feed.settle()
+    assert sio.notifications(ROOM) == [n["id"] for n in notes]
+    # The gap is read to the stream's end (2 to 5), so 4 and 5 come again after it, dropped with 1.
+    assert metrics.gaps._value.get() == 1 and metrics.duplicates._value.get() == 3
+    assert feed._locks == {}
+
+
+async def test_notifications_wait_behind_an_attach_in_progress():
+    """While a socket of the user is being attached (its replay not sent
+    yet), a notification that arrives takes the slow path and goes out
+    after the replay: the new socket never sees a live one before what it
+    missed."""
+    import asyncio
+
+    feed, sio, inbox, _ = make_feed(fake_redis())
+    sio.manager.connected.update({"s1", "s2"})
+    await feed.attach("s1", ANN, last_id=None)
+    missed = await inbox.append(ANN, note(1))
+    feed.receive([missed])
+    live = await inbox.append(ANN, note(2))
+    release = asyncio.Event()
+
+    async def before_replay(_cursor: str) -> None:
+        await release.wait()
+
+    attach = asyncio.create_task(feed.attach("s2", ANN, last_id=ZERO, before_replay=before_replay))
+    await asyncio.sleep(0.01)  # s2's attach holds the lock
+    feed.receive([live])
+    assert sio.notifications(ROOM) == [missed["id"]]  # held back
+    release.set()
+    assert await attach == 1
+    await feed.settle()
+    assert sio.notifications("s2") == [missed["id"]]  # the replay, to s2 alone
+    assert sio.notifications(ROOM) == [missed["id"], live["id"]]
+    kinds = [to for event, _, to in sio.emitted if event == "notification"]
+    assert kinds == [ROOM, "s2", ROOM]  # live after the replay

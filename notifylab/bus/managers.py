@@ -20,25 +20,26 @@ Every manager here has ``start_publisher()``, ``start_listener()`` and
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aio_pika
+import aiormq
 import socketio
-from aio_pika.abc import AbstractIncomingMessage
 from socketio.async_pubsub_manager import AsyncPubSubManager
 
+from .. import codec
 from ..config import Settings
 from ..ids import now_ms
 from ..protocol import BusNotification, user_room
-from .broker import close_broker, connect_broker, publish_confirmed
+from .broker import close_broker, connect_broker, publish_raw
 
 log = logging.getLogger(__name__)
 
-LISTEN_PREFETCH = 256
-ACK_EVERY = 64  # messages acknowledged at once at most (below the prefetch, or the broker would wait)
+LISTEN_PREFETCH = 1024
+ACK_EVERY = 256  # messages acknowledged at once at most (below the prefetch, or the broker would wait)
+ACK_DELAY = 0.02  # seconds an ack waits for more messages to cover
 
 
 async def publish_notification(emitter: Any, note: BusNotification) -> None:
@@ -63,14 +64,19 @@ def routing_key(message: dict) -> str:
 class DeliveryHook:
     """Mixed into a pub/sub manager so that the server can take over what
     arrives from the bus: notifications go to ``deliver`` (the instance's
-    feed) instead of straight to the sockets, each message received is
-    reported to ``on_message`` (a metric), and ``on_reconnect`` callbacks run
-    after the listener reconnected. The server sets them; a write-only
-    manager (a worker's) leaves them unset. Nothing here knows the server.
+    feed) in batches, in bus order, instead of straight to the sockets; the
+    number of messages received is reported to ``on_message`` (a metric), and
+    ``on_reconnect`` callbacks run after the listener reconnected. The server
+    sets them; a write-only manager (a worker's) leaves them unset. Nothing
+    here knows the server.
+
+    ``deliver`` is a plain function, not a coroutine: the feed hands most
+    notifications to the sockets without awaiting anything (``feed.py``), and
+    a batch costs one call instead of a task per notification.
     """
 
-    deliver: Callable[[BusNotification], Awaitable[None]] | None = None
-    on_message: Callable[[], None] | None = None
+    deliver: Callable[[list[BusNotification]], None] | None = None
+    on_message: Callable[[int], None] | None = None
     on_reconnect: list[Callable[[], Awaitable[None]]]
 
     async def subscribe(self, user: str) -> None:
@@ -86,20 +92,26 @@ class DeliveryHook:
     # an upgrade changes it, rather than letting delivery degrade silently.
     async def _handle_emit(self, message: dict) -> None:
         if self.deliver is not None and message.get("event") == "notification":
-            await self.deliver(message["data"][0])
+            self.deliver([message["data"][0]])
         else:
             await super()._handle_emit(message)  # type: ignore[misc]
 
     async def _listen(self) -> AsyncIterator[Any]:
         async for message in super()._listen():  # type: ignore[misc]
             if self.on_message is not None:
-                self.on_message()
+                self.on_message(1)
             yield message
 
 
 class _TopicTransport(AsyncPubSubManager):
     """Publish by routing key on a topic exchange; consume one queue per
-    instance whose bindings change at run time."""
+    instance whose bindings change at run time.
+
+    aio-pika declares, binds and reconnects (the control plane); the
+    notifications themselves (the data plane) go through its aiormq channel
+    underneath, without aio-pika's message objects: measured, building an
+    ``IncomingMessage`` or a ``Message`` per notification was a tenth of an
+    instance's CPU (docs/architecture.md, "Under load")."""
 
     name = "notifylab-topic"
 
@@ -107,40 +119,39 @@ class _TopicTransport(AsyncPubSubManager):
         super().__init__(channel=settings.events_exchange, write_only=write_only, logger=logger)
         self.settings = settings
         self._publisher: aio_pika.abc.AbstractRobustConnection | None = None
-        self._publish_exchange: aio_pika.abc.AbstractExchange | None = None
+        self._publish_channel: aio_pika.abc.AbstractChannel | None = None
         self._publish_lock = asyncio.Lock()
         self._listener: aio_pika.abc.AbstractRobustConnection | None = None
+        self._channel: aio_pika.abc.AbstractRobustChannel | None = None
         self._queue: aio_pika.abc.AbstractRobustQueue | None = None
         self._listen_exchange: aio_pika.abc.AbstractExchange | None = None
         self._ready = asyncio.Event()
-        self._inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+        # Control messages (emits to one socket, disconnects) go the way
+        # python-socketio handles them: its listener task reads them here.
+        self._control: asyncio.Queue[dict] = asyncio.Queue()
+        self._arrived: list[bytes] = []  # bodies received since the last drain
+        self._acks = Acks()
         self.on_reconnect: list[Callable[[], Awaitable[None]]] = []  # run after the listener reconnects
-
-    async def _exchange(
-        self, connection: aio_pika.abc.AbstractRobustConnection
-    ) -> aio_pika.abc.AbstractExchange:
-        channel = await connection.channel()  # publisher confirms are on by default
-        return await channel.declare_exchange(self.channel, aio_pika.ExchangeType.TOPIC, durable=True)
 
     async def start_publisher(self) -> None:
         """Connect for publishing now, so a bad URL fails at start-up."""
         async with self._publish_lock:
             if self._publisher is None:
                 self._publisher = await connect_broker(self.settings.broker_url)
-                self._publish_exchange = await self._exchange(self._publisher)
+                channel = await self._publisher.channel()  # publisher confirms are on by default
+                await channel.declare_exchange(self.channel, aio_pika.ExchangeType.TOPIC, durable=True)
+                self._publish_channel = channel
 
     async def _publish(self, data: dict) -> None:
         await self.start_publisher()
-        assert self._publish_exchange is not None
-        await publish_confirmed(
-            self._publish_exchange, aio_pika.Message(json.dumps(data).encode()), routing_key(data)
-        )
+        assert self._publish_channel is not None
+        await publish_raw(self._publish_channel, self.channel, codec.dumpb(data), routing_key(data))
 
     async def start_listener(self) -> None:
         """Declare this instance's queue and start consuming it. Called at
         start-up (python-socketio would wait for the first socket)."""
         self._listener = await connect_broker(self.settings.broker_url)
-        channel = await self._listener.channel()
+        channel = self._channel = await self._listener.channel()
         await channel.set_qos(prefetch_count=LISTEN_PREFETCH)
         self._listen_exchange = await channel.declare_exchange(
             self.channel, aio_pika.ExchangeType.TOPIC, durable=True
@@ -153,32 +164,61 @@ class _TopicTransport(AsyncPubSubManager):
         # holds; it expires a minute after its instance is gone for good.
         self._queue = await channel.declare_queue(name, arguments={"x-expires": 60_000})
         await self._queue.bind(self._listen_exchange, "control.#")
-        await self._queue.consume(self._inbox.put)
+        await self._consume()
+        # aio-pika restores the channel, the queue and its bindings after a
+        # reconnect; our consumer is below it, so it is ours to restore.
+        channel.reopen_callbacks.add(self._reopened)
         self._listener.reconnect_callbacks.add(self._reconnected)
         self._ready.set()
+
+    async def _consume(self) -> None:
+        assert self._channel is not None and self._queue is not None
+        raw = await self._channel.get_underlay_channel()
+        self._acks.channel = raw
+        await raw.basic_consume(self._queue.name, self._arrive)
+
+    async def _reopened(self, _channel: Any) -> None:
+        await self._consume()
 
     async def _reconnected(self, _connection: Any) -> None:
         log.warning("reconnected to RabbitMQ; catching up from the inbox streams")
         for callback in self.on_reconnect:
             await callback()
 
+    async def _arrive(self, message: aiormq.abc.DeliveredMessage) -> None:
+        """aiormq's consumer callback: one task per message, run in order (it
+        awaits nothing). Collect, and drain once this loop turn's messages
+        are in."""
+        if not self._arrived:
+            asyncio.get_running_loop().call_soon(self._drain)
+        self._arrived.append(message.body)
+        self._acks.received(message.delivery_tag or 0)
+
+    def _drain(self) -> None:
+        """Everything that arrived since the last drain, handled as one batch:
+        notifications to ``deliver`` (the feed), in bus order; the rest to
+        python-socketio's listener."""
+        bodies, self._arrived = self._arrived, []
+        notes: list[BusNotification] = []
+        for body in bodies:
+            message = codec.loads(body)
+            if message.get("method") == "emit" and message.get("event") == "notification":
+                notes.append(message["data"][0])
+            else:
+                self._control.put_nowait(message)
+        if notes:
+            if self.on_message is not None:  # the control messages are counted by DeliveryHook._listen
+                self.on_message(len(notes))
+            if self.deliver is not None:
+                self.deliver(notes)
+            else:  # nobody took delivery over: python-socketio emits them itself
+                for note in notes:
+                    self._control.put_nowait(_emit_message(note))
+        self._acks.handled()
+
     async def _listen(self) -> AsyncIterator[Any]:
-        handled = 0
         while True:
-            message = await self._inbox.get()
-            yield message.body  # python-socketio handles it before asking for the next
-            handled += 1
-            # One basic.ack with "multiple" covers every message handled so
-            # far: under load that is a frame per ACK_EVERY messages instead of
-            # one each, and the broker still never has more than the prefetch
-            # out. Handled messages not yet acked when the connection drops
-            # come again after it reconnects: the feed drops them (rule 2).
-            if handled >= ACK_EVERY or self._inbox.empty():
-                handled = 0
-                try:
-                    await message.ack(multiple=True)
-                except Exception:  # the channel it came on is gone; nothing to ack
-                    pass
+            yield await self._control.get()
 
     async def _bind(self, user: str, bind: bool) -> None:
         async with asyncio.timeout(10):
@@ -191,8 +231,77 @@ class _TopicTransport(AsyncPubSubManager):
             await self._queue.unbind(self._listen_exchange, key)
 
     async def close(self) -> None:
+        self._acks.close()
         for connection in (self._listener, self._publisher):
             await close_broker(connection)
+
+
+class Acks:
+    """Acknowledging an instance queue's messages, many at a time.
+
+    One ``basic.ack`` with "multiple" covers every message up to its tag. At
+    a low rate each message arrives alone, so acking after each drain would
+    still be a frame per message (a tenth of the bus path's CPU, measured):
+    the ack waits up to ``ACK_DELAY`` for more to cover, or goes at once once
+    ``ACK_EVERY`` are waiting, well below the prefetch so the broker never
+    stalls. Delaying an ack delays nothing a socket sees. Handled messages
+    not yet acked when the connection drops come again after it reconnects:
+    the feed drops them as duplicates (rule 2)."""
+
+    def __init__(self) -> None:
+        self.channel: aiormq.abc.AbstractChannel | None = None
+        self._last = 0  # the newest tag received
+        self._waiting = 0  # handled, not yet acked
+        self._timer: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task] = set()
+
+    def received(self, tag: int) -> None:
+        self._last = tag
+        self._waiting += 1
+
+    def handled(self) -> None:
+        if self._waiting >= ACK_EVERY:
+            self._send()
+        elif self._timer is None and self._waiting:
+            self._timer = asyncio.get_running_loop().call_later(ACK_DELAY, self._send)
+
+    def _send(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        channel, tag = self.channel, self._last
+        self._waiting = 0
+        if channel is None or tag == 0:
+            return
+        task = asyncio.get_running_loop().create_task(self._ack(channel, tag))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    @staticmethod
+    async def _ack(channel: aiormq.abc.AbstractChannel, tag: int) -> None:
+        try:
+            await channel.basic_ack(tag, multiple=True)
+        except Exception:  # the channel it came on is gone; nothing to ack
+            pass
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
+def _emit_message(note: BusNotification) -> dict:
+    """python-socketio's pub/sub message for an emit of ``note`` to its user's room."""
+    return {
+        "method": "emit",
+        "event": "notification",
+        "data": [note],
+        "namespace": "/",
+        "room": user_room(note["user"]),
+        "skip_sid": None,
+        "callback": None,
+        "host_id": None,
+    }
 
 
 class TopicManager(DeliveryHook, _TopicTransport):

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
@@ -42,9 +42,21 @@ class Sockets(Protocol):
 
     async def emit(self, event: str, data: Any, to: str | None = None, **kwargs: Any) -> Any: ...
 
-    async def emit_here(self, event: str, data: Any, room: str) -> int: ...
+    def emit_now(self, event: str, data: Any, room: str) -> int: ...
 
     async def enter_room(self, sid: str, room: str) -> Any: ...
+
+
+class UserLock:
+    """A user's lock, and how many tasks hold or wait on it. The count is
+    taken without awaiting (``Feed._hold``), so a notification sent to the
+    slow path is queued behind the lock before the next one is looked at."""
+
+    __slots__ = ("count", "lock")
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.count = 0
 
 
 class Feed:
@@ -55,24 +67,32 @@ class Feed:
         self.metrics = metrics
         self.cursors: dict[str, str] = {}  # user -> last id emitted to the user's room here
         self.members: dict[str, set[str]] = {}  # user -> sids on this instance
-        # user -> [its lock, how many tasks hold or wait on it]; an entry goes
+        # user -> its lock, while a task holds or waits on it: an entry goes
         # when the count falls to 0, so a user who left costs nothing, and no
         # second lock for a user is made while a task still waits on the first.
-        self._locks: dict[str, list] = {}
+        self._locks: dict[str, UserLock] = {}
+        self._tasks: set[asyncio.Task] = set()  # slow-path deliveries, until each ends
+
+    def _hold(self, user: str) -> UserLock:
+        entry = self._locks.get(user)
+        if entry is None:
+            entry = self._locks[user] = UserLock()
+        entry.count += 1
+        return entry
+
+    def _release(self, user: str, entry: UserLock) -> None:
+        entry.count -= 1
+        if not entry.count:
+            del self._locks[user]
 
     @asynccontextmanager
     async def _lock(self, user: str) -> AsyncIterator[None]:
-        entry = self._locks.get(user)
-        if entry is None:
-            entry = self._locks[user] = [asyncio.Lock(), 0]
-        entry[1] += 1
+        entry = self._hold(user)
         try:
-            async with entry[0]:
+            async with entry.lock:
                 yield
         finally:
-            entry[1] -= 1
-            if not entry[1]:
-                del self._locks[user]
+            self._release(user, entry)
 
     @property
     def manager(self):
@@ -123,25 +143,60 @@ class Feed:
                 del self.members[user], self.cursors[user]
                 await self.manager.unsubscribe(user)
 
-    async def receive(self, note: BusNotification) -> None:
-        """A notification arrived from the bus (or from this process)."""
-        user = note.get("user")
-        if user not in self.members:
-            self.metrics.not_local.inc()
-            return
-        async with self._lock(user):
-            cursor = self.cursors.get(user)
-            if cursor is None:  # the last socket left while we waited
-                return
-            if not id_after(note["id"], cursor):
-                self.metrics.duplicates.inc()
-                return
-            if note.get("prev") == cursor:
-                batch: list[Notification] = [note]
-            else:  # 3. a gap: the stream has what we missed, in order
-                self.metrics.gaps.inc()
-                batch = await self.inbox.after(user, cursor)
-            await self._emit(user, batch)
+    def receive(self, notes: list[BusNotification]) -> None:
+        """Notifications that arrived from the bus together, in bus order.
+
+        The fast path awaits nothing, so it needs no lock: while nobody holds
+        or waits on the user's lock, a notification that follows the cursor
+        (``prev``) goes out to the user's sockets at once. Anything else waits
+        its turn behind the lock, in order (``_deliver``): a gap to read from
+        the stream, or a user whose socket is being attached."""
+        emitted = 0
+        for note in notes:
+            user = note.get("user")
+            if user not in self.members:
+                self.metrics.not_local.inc()
+                continue
+            if user in self._locks or note.get("prev") != self.cursors[user]:
+                self._spawn(self._deliver(note, user, self._hold(user)))
+                continue
+            emitted += self._emit(user, (note,))
+        if emitted:
+            self.metrics.delivered.inc(emitted)
+
+    async def settle(self) -> None:
+        """Wait until every notification ``receive`` sent the slow way is
+        delivered (or dropped): for tests, and for a clean stop."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _deliver(self, note: BusNotification, user: str, entry: UserLock) -> None:
+        """The slow path of ``receive``: under the user's lock, held since
+        ``receive`` (the count was taken there, in bus order)."""
+        try:
+            async with entry.lock:
+                cursor = self.cursors.get(user)
+                if cursor is None:  # the last socket left while we waited
+                    return
+                if not id_after(note["id"], cursor):
+                    self.metrics.duplicates.inc()
+                    return
+                if note.get("prev") == cursor:
+                    batch: list[Notification] | tuple[BusNotification, ...] = (note,)
+                else:  # 3. a gap: the stream has what we missed, in order
+                    self.metrics.gaps.inc()
+                    batch = await self.inbox.after(user, cursor)
+                self.metrics.delivered.inc(self._emit(user, batch))
+        except Exception:
+            # Not lost: the next notification's prev, or a reconnect, reads it from the stream.
+            log.exception("delivering %s to %s failed", note.get("id"), user)
+        finally:
+            self._release(user, entry)
 
     async def catch_up(self) -> None:
         """Read every local user's stream past its cursor: run after the bus
@@ -152,15 +207,19 @@ class Feed:
                     batch = await self.inbox.after(user, self.cursors[user])
                     if batch:
                         self.metrics.gaps.inc()
-                        await self._emit(user, batch)
+                        self.metrics.delivered.inc(self._emit(user, batch))
 
-    async def _emit(self, user: str, batch: list[Notification] | list[BusNotification]) -> None:
+    def _emit(self, user: str, batch: Sequence[Notification] | Sequence[BusNotification]) -> int:
+        """Send ``batch`` to the user's sockets here and move the cursor:
+        no await, so nothing can come between. Returns the sends made."""
         room = user_room(user)
+        sent = 0
+        now = time.time()
         for note in batch:
-            sent = await self.sio.emit_here("notification", self._stamped(note), room)
+            sent += self.sio.emit_now("notification", self._stamped(note), room)
             self.cursors[user] = note["id"]
-            self.metrics.delivered.inc(sent)
-            self.metrics.latency.observe(max(0.0, time.time() - note["ts"] / 1000))
+            self.metrics.latency.observe(max(0.0, now - note["ts"] / 1000))
+        return sent
 
     def _stamped(self, note: Notification) -> Notification:
         """What a socket receives: the notification, stamped with this

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from http.cookies import CookieError, SimpleCookie
@@ -26,6 +27,7 @@ from aio_pika.exceptions import AMQPError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .. import codec
 from ..errors import BadRequest, NotifylabError, ServiceUnavailable, Unauthorized
 from ..ids import ZERO, is_id
 from ..protocol import COOKIE
@@ -93,26 +95,36 @@ class Server(socketio.AsyncServer):
         self.eio._async = {**self.eio._async, "websocket": engine.websocket_class(ws_compression)}
         self.eio.create_queue = engine.SocketQueue  # each socket's outgoing packets
 
-    async def emit_here(self, event: str, data: Any, room: str) -> int:
+    def emit_now(self, event: str, data: Any, room: str) -> int:
         """``emit(event, data, room=room, ignore_queue=True)`` for the feed's
-        hot path: to the sockets of ``room`` on this instance only. ``data``
-        is JSON (what came off the bus or out of the stream), never bytes.
+        hot path: to the sockets of ``room`` on this instance only, at once,
+        without awaiting. ``data`` is JSON (what came off the bus or out of
+        the stream), never bytes.
 
         The packet is encoded once, as socket.io's EVENT packet (``2`` and the
-        JSON array ``[event, data]``) and put on each socket's queue in turn.
+        JSON array ``[event, data]``), and put on each socket's queue in turn.
         python-socketio's ``emit`` first walks the data looking for bytes (for
         its binary packets), then makes a task per socket and waits for them
-        all: measured with ``benchmarks/cost.py``, the walk alone was most of
-        the emit. Returns how many sockets it was given to.
+        all; engine.io's ``send`` awaits per socket: measured with
+        ``benchmarks/cost.py``, those were most of the emit. What ``send``
+        checks first is kept: a socket closed or closing is skipped, and one
+        whose client stopped answering pings is left to engine.io's ``send``,
+        which closes it. Returns how many sockets it was given to.
         tests/test_contract.py checks that a client receives it exactly as it
         receives ``emit``'s."""
-        encoded = str(socketio.packet.EVENT) + self.packet_class.json.dumps(
-            [event, data], separators=(",", ":")
-        )
-        frame = engineio.packet.Packet(engineio.packet.MESSAGE, encoded)
+        frame = engineio.packet.Packet(engineio.packet.MESSAGE, "2" + codec.dumps([event, data]))
+        sockets = self.eio.sockets
+        ping_timeout = self.eio.ping_timeout
+        now = time.time()
         sent = 0
         for _sid, eio_sid in self.manager.get_participants("/", room):
-            await self.eio.send_packet(eio_sid, frame)
+            socket = sockets.get(eio_sid)
+            if socket is None or socket.closed or socket.closing:
+                continue
+            if socket.last_ping and now - socket.last_ping > ping_timeout:
+                self.eio.start_background_task(self.eio.send_packet, eio_sid, frame)  # it closes the socket
+                continue
+            socket.queue.put_nowait(frame)
             sent += 1
         return sent
 
