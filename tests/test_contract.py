@@ -204,3 +204,65 @@ async def test_emit_now_reaches_a_client_exactly_as_emit_does(transport: str):
     finally:
         await client.disconnect()
         await runner.cleanup()
+
+
+async def test_direct_writes_keep_order_and_leave_engineio_pinging(monkeypatch):
+    """Notifications written straight to idle websockets (engine.py) arrive
+    in order with what engine.io's writer sends (emit, acks), and the writer,
+    left asleep meanwhile, still pings: the connection outlives several ping
+    timeouts while only direct writes flow."""
+    from notifylab.server import engine
+
+    direct: list[str] = []
+    original = engine.WebSocket.write_now
+
+    def counted(self: engine.WebSocket, encoded: str) -> bool:
+        written = original(self, encoded)
+        if written:
+            direct.append(encoded)
+        return written
+
+    monkeypatch.setattr(engine.WebSocket, "write_now", counted)
+    sio = Server(
+        async_mode="aiohttp", logger=False, engineio_logger=False, ping_interval=0.3, ping_timeout=0.3
+    )
+    app = web.Application()
+    sio.attach(app)
+
+    @sio.on("connect")
+    async def connect(sid: str, environ: dict, auth: Any = None) -> None:
+        await sio.enter_room(sid, "user:ann")
+
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    client = socketio.AsyncClient()
+    got: list[int] = []
+    rounds = 40  # 2 s: several times ping interval + timeout
+    all_in, disconnected = asyncio.Event(), asyncio.Event()
+
+    @client.on("notification")
+    def on_notification(data: dict) -> None:
+        got.append(data["n"])
+        if len(got) == 3 * rounds:
+            all_in.set()
+
+    client.on("disconnect", lambda *_: disconnected.set())
+    try:
+        await client.connect(f"http://127.0.0.1:{port}", transports=["websocket"])
+        await asyncio.sleep(0.1)
+        n = 0
+        for _ in range(rounds):
+            sio.emit_now("notification", {"n": n}, "user:ann")
+            await sio.emit("notification", {"n": n + 1}, room="user:ann")  # through the writer
+            sio.emit_now("notification", {"n": n + 2}, "user:ann")  # behind it, queued
+            n += 3
+            await asyncio.sleep(0.05)
+        await asyncio.wait_for(all_in.wait(), 5)
+        assert got == list(range(n))
+        assert direct  # the idle writer's path was taken ...
+        assert not disconnected.is_set() and client.connected  # ... and pings went on
+    finally:
+        await client.disconnect()
+        await runner.cleanup()

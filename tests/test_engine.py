@@ -1,6 +1,7 @@
 """engine.io made lighter per socket (``server/engine.py``): the packet queue
 keeps asyncio.Queue's behaviour where engine.io relies on it, in less memory.
-The websocket class is held in tests/test_contract.py."""
+Its frames are aiohttp's, byte for byte, and its direct writes overtake
+nothing; the websocket class is held in tests/test_contract.py."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import tracemalloc
 
 import pytest
 
-from notifylab.server.engine import SocketQueue
+from notifylab.server.engine import SocketQueue, text_frame
 
 
 async def test_it_is_first_in_first_out_and_get_nowait_says_empty():
@@ -83,3 +84,74 @@ def test_an_empty_one_takes_a_fraction_of_an_asyncio_queue():
 
     ours, stock = allocated(SocketQueue), allocated(asyncio.Queue)
     assert ours * 4 < stock, (ours, stock)  # bytes for 1,000 empty queues
+
+
+class _Transport:
+    """What aiohttp's websocket writer writes to, recorded."""
+
+    def __init__(self) -> None:
+        self.written = b""
+
+    def write(self, data: bytes) -> None:
+        self.written += bytes(data)
+
+    def is_closing(self) -> bool:
+        return False
+
+
+@pytest.mark.parametrize("size", [0, 125, 126, 65535, 65536, 200_000])
+async def test_a_text_frame_is_what_aiohttp_writes(size: int):
+    """``text_frame`` builds the bytes aiohttp's own websocket writer sends
+    for the same text message (every length encoding of RFC 6455)."""
+    from unittest.mock import Mock
+
+    from aiohttp._websocket.writer import WebSocketWriter
+    from aiohttp.http_websocket import WSMsgType
+
+    transport = _Transport()
+    writer = WebSocketWriter(Mock(_paused=False), transport, use_mask=False)  # type: ignore[arg-type]
+    payload = ("4" + "x" * size).encode()
+    await writer.send_frame(payload, WSMsgType.TEXT)
+    assert text_frame(payload) == transport.written
+
+
+class _WebSocket:
+    def __init__(self, accept: bool) -> None:
+        self.accept, self.written = accept, []
+
+    def write_now(self, encoded: str) -> bool:
+        if self.accept:
+            self.written.append(encoded)
+        return self.accept
+
+
+class _Packet:
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def encode(self) -> str:
+        return self.text
+
+
+async def test_send_now_writes_only_past_an_idle_writer():
+    """A packet goes straight to the websocket only while a getter (engine.io's
+    writer) waits with nothing queued; otherwise it queues behind what is
+    there, so that nothing is overtaken."""
+    queue, websocket = SocketQueue(), _WebSocket(accept=True)
+    queue.websocket = websocket  # type: ignore[assignment]
+    queue.send_now(_Packet("a"))  # nobody waits: queued
+    writer = asyncio.create_task(queue.get())
+    assert (await writer).text == "a"
+    writer = asyncio.create_task(queue.get())
+    await asyncio.sleep(0)  # the writer waits now
+    queue.send_now(_Packet("b"))  # written at once, the writer left asleep
+    assert websocket.written == ["b"] and not writer.done()
+    queue.put_nowait(_Packet("c"))  # wakes the writer ...
+    queue.send_now(_Packet("d"))  # ... so d queues behind c
+    assert [(await writer).text, queue.get_nowait().text] == ["c", "d"]
+    refusing = SocketQueue()
+    refusing.websocket = _WebSocket(accept=False)  # type: ignore[assignment]
+    writer = asyncio.create_task(refusing.get())
+    await asyncio.sleep(0)
+    refusing.send_now(_Packet("e"))  # a slow client, a closing socket: the writer sends it
+    assert (await asyncio.wait_for(writer, 1)).text == "e"

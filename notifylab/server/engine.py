@@ -15,6 +15,15 @@ engine.io's behaviour):
 - ``SocketQueue``: ``asyncio.Queue`` holds four deques (its items, getters,
   putters and an Event's waiters), about 3 KB per connection while empty.
   Ours is a list and a waiter made only while someone waits.
+
+And one that costs time, not memory: engine.io's per-socket writer wakes for
+every packet, through ``asyncio.wait_for`` (a new task per wake-up) and
+aiohttp's ``send_str``. While that writer is idle, with nothing queued
+before it, a notification cannot overtake anything: ``SocketQueue.send_now``
+writes it to the connection at once (``WebSocket.write_now``), and the
+writer stays asleep. It still sends everything else (pings, the handlers'
+acks, what queues up behind a slow client), so engine.io's own
+housekeeping is untouched.
 """
 
 from __future__ import annotations
@@ -24,6 +33,22 @@ from typing import Any
 
 from aiohttp import web
 from engineio.async_drivers import aiohttp as engineio_aiohttp
+
+# Past this many bytes waiting in the connection's write buffer (a slow
+# client), notifications go through the queue and engine.io's writer, which
+# waits for the buffer to drain, instead of piling up in the buffer here.
+WRITE_BUFFER_LIMIT = 64 * 1024
+
+
+def text_frame(payload: bytes) -> bytes:
+    """A websocket text frame (RFC 6455 section 5.2) as a server sends it:
+    final, unmasked, uncompressed."""
+    size = len(payload)
+    if size < 126:
+        return bytes((0x81, size)) + payload
+    if size < 65536:
+        return bytes((0x81, 126)) + size.to_bytes(2, "big") + payload
+    return bytes((0x81, 127)) + size.to_bytes(8, "big") + payload
 
 
 class WebSocket(engineio_aiohttp.WebSocket):
@@ -35,10 +60,42 @@ class WebSocket(engineio_aiohttp.WebSocket):
         self._sock = web.WebSocketResponse(
             max_msg_size=self.server.max_http_buffer_size, compress=self.compress
         )
-        await self._sock.prepare(environ["aiohttp.request"])
+        request = environ["aiohttp.request"]
+        await self._sock.prepare(request)
         self.environ = environ
-        await self.handler(self)
+        # engine.io's handler is a method of the socket this websocket carries.
+        self.socket = getattr(self.handler, "__self__", None)
+        queue = getattr(self.socket, "queue", None)
+        self._transport = request.transport
+        if isinstance(queue, SocketQueue) and not self.compress:
+            queue.websocket = self
+        try:
+            await self.handler(self)
+        finally:
+            if isinstance(queue, SocketQueue):
+                queue.websocket = None
+            self._transport = None
         return self._sock
+
+    def write_now(self, encoded: str) -> bool:
+        """Write engine.io packet ``encoded`` as one frame now, if the
+        connection can take it: upgraded (engine.io sends on the websocket
+        only once the client confirmed the upgrade), open, and not holding
+        ``WRITE_BUFFER_LIMIT`` bytes already. False: it was not written."""
+        transport = self._transport
+        socket = self.socket
+        if (
+            transport is None
+            or socket is None
+            or not socket.upgraded
+            or socket.closing
+            or self._sock.closed
+            or transport.is_closing()
+            or transport.get_write_buffer_size() > WRITE_BUFFER_LIMIT
+        ):
+            return False
+        transport.write(text_frame(encoded.encode()))
+        return True
 
 
 def websocket_class(compress: bool) -> type[WebSocket]:
@@ -55,9 +112,10 @@ class SocketQueue:
     nothing: an item leaves the list only when a getter runs again.
     """
 
-    __slots__ = ("_finished", "_getters", "_items", "_unfinished")
+    __slots__ = ("_finished", "_getters", "_items", "_unfinished", "websocket")
 
     def __init__(self) -> None:
+        self.websocket: WebSocket | None = None  # while the socket's websocket is open
         self._items: list[Any] = []
         self._getters: list[asyncio.Future] | None = None  # only while someone waits
         self._unfinished = 0
@@ -78,6 +136,16 @@ class SocketQueue:
 
     async def put(self, item: Any) -> None:
         self.put_nowait(item)
+
+    def send_now(self, packet: Any) -> None:
+        """``put_nowait(packet)``, or, while engine.io's writer waits with
+        nothing queued (so nothing sent before can be overtaken), the packet
+        written to the websocket at once."""
+        websocket = self.websocket
+        if websocket is not None and self._getters and not self._items:
+            if websocket.write_now(packet.encode()):
+                return
+        self.put_nowait(packet)
 
     def get_nowait(self) -> Any:
         if not self._items:

@@ -102,7 +102,8 @@ class Server(socketio.AsyncServer):
         the stream), never bytes.
 
         The packet is encoded once, as socket.io's EVENT packet (``2`` and the
-        JSON array ``[event, data]``), and put on each socket's queue in turn.
+        JSON array ``[event, data]``), and given to each socket's queue in
+        turn, which writes it straight to an idle websocket (``engine.py``).
         python-socketio's ``emit`` first walks the data looking for bytes (for
         its binary packets), then makes a task per socket and waits for them
         all; engine.io's ``send`` awaits per socket: measured with
@@ -124,7 +125,7 @@ class Server(socketio.AsyncServer):
             if socket.last_ping and now - socket.last_ping > ping_timeout:
                 self.eio.start_background_task(self.eio.send_packet, eio_sid, frame)  # it closes the socket
                 continue
-            socket.queue.put_nowait(frame)
+            socket.queue.send_now(frame)  # engine.py: written at once while its writer is idle
             sent += 1
         return sent
 
