@@ -14,13 +14,13 @@ published notifications), not an operation's progress.
 
 from __future__ import annotations
 
-import json
 from typing import Any, cast
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import WatchError
 
+from .. import codec
 from ..config import Settings
 from ..ids import ZERO, id_after
 from ..protocol import BusNotification, Notification, is_inbox_item
@@ -43,11 +43,11 @@ class Inbox:
     def _read_key(self, user: str) -> str:
         return self.settings.key("read", user)
 
-    def entry(self, user: str, notification: dict[str, Any]) -> tuple[str, int, str, str]:
+    def entry(self, user: str, notification: dict[str, Any]) -> tuple[str, int, str, bytes]:
         """How a notification is stored, for a caller that appends it inside a
         Lua script (``store/operations.py``): the stream, its MAXLEN (``~``),
-        the entry's field and value."""
-        return self.key(user), self.settings.inbox_max, ENTRY_FIELD, json.dumps(notification)
+        the entry's field and value (JSON, as ``codec.dumpb`` writes it)."""
+        return self.key(user), self.settings.inbox_max, ENTRY_FIELD, codec.dumpb(notification)
 
     def queue_append(self, pipe: Pipeline, user: str, notification: dict[str, Any]) -> None:
         """Add the append to a transaction ``pipe``; its last two results are
@@ -75,7 +75,7 @@ class Inbox:
     @staticmethod
     def _decode(entries: list) -> list[Notification]:
         return [
-            cast(Notification, {**json.loads(fields[ENTRY_FIELD]), "id": entry_id})
+            cast(Notification, {**codec.loads(fields[ENTRY_FIELD]), "id": entry_id})
             for entry_id, fields in entries
         ]
 
