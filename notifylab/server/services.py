@@ -28,7 +28,7 @@ from ..kinds import get_kind
 from ..protocol import OPERATION_TYPE_PREFIX, user_room
 from ..store.accounts import Accounts, is_username
 from ..store.connect import connect_redis
-from ..store.inbox import Inbox
+from ..store.inbox import Inbox, KeysMissing
 from ..store.operations import TERMINAL, Operation, Operations, TransitionRefused
 from ..store.presence import Presence
 from ..store.sessions import Session, Sessions
@@ -226,23 +226,22 @@ class Services:
         gap filling hold for it. Returns each user's notification id.
 
         Every recipient must have an account (BadRequest names the others).
-        All the appends are one Redis transaction: a failure (503) leaves no
-        recipient with it, so the caller may simply retry. Once appended it
-        is kept: a publish the bus does not confirm is logged, not undone,
-        and the feed delivers it from the stream (see ``feed.py``)."""
-        unknown = await self._unknown_users(pub.users)
-        if unknown:
-            named = ", ".join(unknown[:_NAMED_UNKNOWN])
-            more = f" and {len(unknown) - _NAMED_UNKNOWN} more" if len(unknown) > _NAMED_UNKNOWN else ""
-            raise BadRequest(f"no such user: {named}{more}", pub.users_field)
+        The check and all the appends are one Redis script (one round trip,
+        all or nothing): a failure (503) leaves no recipient with it, so the
+        caller may simply retry. Once appended it is kept: a publish the bus
+        does not confirm is logged, not undone, and the feed delivers it from
+        the stream (see ``feed.py``)."""
         ts = now_ms()
         fields = [_published(user, pub, ts) for user in pub.users]
-        async with self.redis.pipeline(transaction=True) as pipe:
-            for user, one in zip(pub.users, fields, strict=True):
-                self.inbox.queue_append(pipe, user, one)
-            results = await pipe.execute()
-        # Each append queued two commands; appended() reads the last two it is given.
-        sent = [self.inbox.appended(results[: 2 * i + 2], one) for i, one in enumerate(fields)]
+        try:
+            sent = await self.inbox.append_all(
+                pub.users, fields, required=[self.accounts.key(user) for user in pub.users]
+            )
+        except KeysMissing as exc:
+            unknown = [pub.users[position] for position in exc.positions]
+            named = ", ".join(unknown[:_NAMED_UNKNOWN])
+            more = f" and {len(unknown) - _NAMED_UNKNOWN} more" if len(unknown) > _NAMED_UNKNOWN else ""
+            raise BadRequest(f"no such user: {named}{more}", pub.users_field) from None
         # One user's notification does not wait for another's confirm.
         outcomes = await asyncio.gather(
             *(publish_notification(self.sio, note) for note in sent), return_exceptions=True
@@ -258,9 +257,6 @@ class Services:
                     outcome,
                 )
         return {note["user"]: note["id"] for note in sent}
-
-    async def _unknown_users(self, users: tuple[str, ...]) -> list[str]:
-        return await self.accounts.missing(users)
 
     # -- inbox --------------------------------------------------------------
 

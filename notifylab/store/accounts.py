@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import TypeGuard, TypeVar
 
 from argon2 import PasswordHasher
@@ -109,17 +109,9 @@ class Accounts:
         self._hashing = asyncio.Semaphore(settings.hash_concurrency)
         self._waiting = 0
 
-    def _key(self, username: str) -> str:
+    def key(self, username: str) -> str:
+        """The account's record (a hash); it exists while the account does."""
         return self.settings.key("user", username)
-
-    async def missing(self, usernames: Iterable[str]) -> list[str]:
-        """The names among ``usernames`` that have no account (one round trip)."""
-        names = list(usernames)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for name in names:
-                pipe.exists(self._key(name))
-            found = await pipe.execute()
-        return [name for name, exists in zip(names, found, strict=True) if not exists]
 
     async def _hash_work(self, work: Callable[..., T], *args: object) -> T:
         """Run Argon2 ``work`` in a thread, at most ``hash_concurrency`` at once;
@@ -148,16 +140,16 @@ class Accounts:
         locked out."""
         username, password = check_credentials(username, password)
         await self.throttle.check(None, address)
-        if await self.redis.exists(self._key(username)):
+        if await self.redis.exists(self.key(username)):
             await self.throttle.failed(None, address)
             raise Conflict(f"the username {username!r} is taken", "username")
         hashed = await self._hash_work(_hasher.hash, password)
         # HSETNX on the hash field makes "create if absent" atomic across instances.
-        created = await self.redis.hsetnx(self._key(username), "password", hashed)
+        created = await self.redis.hsetnx(self.key(username), "password", hashed)
         if not created:
             await self.throttle.failed(None, address)
             raise Conflict(f"the username {username!r} is taken", "username")
-        await self.redis.hset(self._key(username), "created", int(time.time() * 1000))
+        await self.redis.hset(self.key(username), "created", int(time.time() * 1000))
         return username
 
     async def authenticate(self, username: object, password: object, address: str | None = None) -> str:
@@ -170,7 +162,7 @@ class Accounts:
             raise BadRequest("password must be valid Unicode text", "password")
         user = username if is_username(username) else None
         await self.throttle.check(user, address)
-        stored = await self.redis.hget(self._key(user), "password") if user else None
+        stored = await self.redis.hget(self.key(user), "password") if user else None
         try:
             await self._hash_work(_hasher.verify, stored or _DUMMY_HASH, password)
             matched = user is not None and stored is not None

@@ -14,6 +14,7 @@ published notifications), not an operation's progress.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, cast
 
 from redis.asyncio import Redis
@@ -28,6 +29,35 @@ from ..protocol import BusNotification, Notification, is_inbox_item
 ENTRY_FIELD = "n"  # a stream entry is one field: the notification as JSON
 ITEMS_PAGE = 200  # entries read per round trip when looking back for inbox items
 
+APPEND_SCRIPT = """
+-- KEYS: the n streams, then the keys that must exist for anything to be written
+-- ARGV: 1 n, 2 the streams' MAXLEN (~), 3 the entry's field, 4.. the n notifications
+-- Returns {'missing', position, ...} (1-based, among the keys that must exist)
+-- having written nothing, or {'ok', prev 1, id 1, prev 2, id 2, ...}.
+local n = tonumber(ARGV[1])
+local missing = {'missing'}
+for i = n + 1, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 0 then missing[#missing + 1] = i - n end
+end
+if #missing > 1 then return missing end
+local reply = {'ok'}
+for i = 1, n do
+  local newest = redis.call('XREVRANGE', KEYS[i], '+', '-', 'COUNT', 1)
+  reply[#reply + 1] = newest[1] and newest[1][1] or ''
+  reply[#reply + 1] = redis.call('XADD', KEYS[i], 'MAXLEN', '~', ARGV[2], '*', ARGV[3], ARGV[3 + i])
+end
+return reply
+"""
+
+
+class KeysMissing(LookupError):
+    """Keys that :meth:`Inbox.append_all` required do not exist; nothing was
+    written. ``positions``: their places in the ``required`` it was given."""
+
+    def __init__(self, positions: list[int]):
+        super().__init__(f"required keys missing at {positions}")
+        self.positions = positions
+
 
 class Inbox:
     """``<prefix>:inbox:<user>`` (the stream) and ``<prefix>:read:<user>``
@@ -36,6 +66,7 @@ class Inbox:
     def __init__(self, redis: Redis, settings: Settings):
         self.redis = redis
         self.settings = settings
+        self._append_script = redis.register_script(APPEND_SCRIPT)
 
     def key(self, user: str) -> str:
         return self.settings.key("inbox", user)
@@ -49,28 +80,41 @@ class Inbox:
         the entry's field and value (JSON, as ``codec.dumpb`` writes it)."""
         return self.key(user), self.settings.inbox_max, ENTRY_FIELD, codec.dumpb(notification)
 
-    def queue_append(self, pipe: Pipeline, user: str, notification: dict[str, Any]) -> None:
-        """Add the append to a transaction ``pipe``; its last two results are
-        [the previous newest entry] and the new id (see :meth:`appended`)."""
-        key, maxlen, field_name, value = self.entry(user, notification)
-        pipe.xrevrange(key, count=1)
-        pipe.xadd(key, {field_name: value}, maxlen=maxlen, approximate=True)
-
-    @classmethod
-    def appended(cls, results: list, notification: dict[str, Any]) -> BusNotification:
-        """The notification with the ``id`` and ``prev`` a transaction gave it."""
-        previous, new_id = results[-2], results[-1]
-        return cls.with_ids(notification, new_id, previous[0][0] if previous else ZERO)
-
     @staticmethod
     def with_ids(notification: dict[str, Any], new_id: str, prev: str) -> BusNotification:
         """The notification as it travels: with its stream id and the id before it."""
         return cast(BusNotification, {**notification, "id": new_id, "prev": prev})
 
     async def append(self, user: str, notification: dict[str, Any]) -> BusNotification:
-        async with self.redis.pipeline(transaction=True) as pipe:
-            self.queue_append(pipe, user, notification)
-            return self.appended(await pipe.execute(), notification)
+        """Append one notification to ``user``'s stream (see :meth:`append_all`)."""
+        [appended] = await self.append_all([user], [notification])
+        return appended
+
+    async def append_all(
+        self,
+        users: Sequence[str],
+        notifications: Sequence[dict[str, Any]],
+        required: Sequence[str] = (),
+    ) -> list[BusNotification]:
+        """Append ``notifications[i]`` to ``users[i]``'s stream, each with its
+        ``id`` and ``prev``, all or none, in one round trip (APPEND_SCRIPT).
+
+        ``required``: keys that must all exist for anything to be written
+        (the publish API passes the recipients' accounts); if any does not,
+        nothing is and :class:`KeysMissing` says which. A script rather than
+        a check, then a transaction: one round trip, and no account can go
+        between the two."""
+        values = [codec.dumpb(note) for note in notifications]
+        reply = await self._append_script(
+            keys=[*(self.key(user) for user in users), *required],
+            args=[len(users), self.settings.inbox_max, ENTRY_FIELD, *values],
+        )
+        if reply[0] == "missing":
+            raise KeysMissing([int(position) - 1 for position in reply[1:]])
+        return [
+            self.with_ids(note, new_id=reply[2 + 2 * i], prev=reply[1 + 2 * i] or ZERO)
+            for i, note in enumerate(notifications)
+        ]
 
     @staticmethod
     def _decode(entries: list) -> list[Notification]:
