@@ -49,7 +49,9 @@ async def test_an_instance_receives_only_events_of_users_connected_to_it(make_la
     ann = await clients(url_a)  # ann only on a
     bob = await clients(url_b)  # bob only on b
     received = "notifylab_bus_messages_received_total"
+    dropped = "notifylab_duplicates_dropped_total"
     before = {url: await metric(url, received) for url in (url_a, url_b)}
+    dropped_before = await metric(url_a, dropped)
 
     op = await ann.start("report", steps=STEPS, step_seconds=0.02)
     await ann.wait_operation(op["id"])
@@ -64,6 +66,9 @@ async def test_an_instance_receives_only_events_of_users_connected_to_it(make_la
     await settled(url_a, received, before[url_a], expected_a)
     await settled(url_b, received, before[url_b], expected_b)
     assert len(ann.of_operation(op["id"])) == PER_OPERATION and not bob.of_operation(op["id"])
+    # a's own emit (the operation's "queued") went to its feed as it was sent;
+    # coming back from the bus it is left out, not offered to the feed again.
+    assert await metric(url_a, dropped) == dropped_before
     assert await metric(url_b, "notifylab_bus_messages_not_local_total") == (
         0 if routing == "topic" else PER_OPERATION
     )

@@ -200,15 +200,22 @@ class _TopicTransport(AsyncPubSubManager):
         python-socketio's listener."""
         bodies, self._arrived = self._arrived, []
         notes: list[BusNotification] = []
+        received = 0
         for body in bodies:
             message = codec.loads(body)
             if message.get("method") == "emit" and message.get("event") == "notification":
-                notes.append(message["data"][0])
+                received += 1
+                # python-socketio's emit hands its own host's emits to
+                # _handle_emit before publishing them, and its listener skips
+                # them when they come back; so must we, or the feed would
+                # take every notification this instance published twice.
+                if message.get("host_id") != self.host_id:
+                    notes.append(message["data"][0])
             else:
                 self._control.put_nowait(message)
+        if received and self.on_message is not None:  # control messages: counted by DeliveryHook._listen
+            self.on_message(received)
         if notes:
-            if self.on_message is not None:  # the control messages are counted by DeliveryHook._listen
-                self.on_message(len(notes))
             if self.deliver is not None:
                 self.deliver(notes)
             else:  # nobody took delivery over: python-socketio emits them itself
