@@ -356,6 +356,29 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def medians(rows: list[dict]) -> str:
+    """Each config's median over the rounds, and its ratio to the first
+    config's (the baseline) and, on the bus path, to the floor's."""
+    labels = list(dict.fromkeys(r["config"] for r in rows))
+    bus: dict[str, float] = {}
+    publish: dict[str, float] = {}
+    for label in labels:
+        mine = [r for r in rows if r["config"] == label]
+        bus[label] = statistics.median(r["bus"]["us_per_notification"] for r in mine)
+        publishes = [r["publish"]["us_per_notification"] for r in mine if "publish" in r]
+        if publishes:
+            publish[label] = statistics.median(publishes)
+    base = next(iter(publish), labels[0])
+    lines = [f"medians over rounds (ratios: to {base}, and on the bus path to the floor):"]
+    for label in labels:
+        text = f"  {label:10} bus {bus[label]:5.0f} us/n ({bus[label] / bus[base]:.2f}x"
+        text += f", {bus[label] / bus['floor']:.2f}x floor)" if "floor" in bus else ")"
+        if label in publish:
+            text += f", publish {publish[label]:5.0f} us/n ({publish[label] / publish[base]:.2f}x)"
+        lines.append(text)
+    return "\n".join(lines)
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -395,13 +418,7 @@ async def main() -> None:
     print(about)
     print(table(rows))
     if args.repeat > 1:
-        print("medians over rounds:")
-        for label in (["floor"] if args.floor else []) + [c[0] for c in configs]:
-            mine = [r for r in rows if r["config"] == label]
-            bus = statistics.median(r["bus"]["us_per_notification"] for r in mine)
-            publishes = [r["publish"]["us_per_notification"] for r in mine if "publish" in r]
-            publish = f"{statistics.median(publishes):.0f} us/n" if publishes else "-"
-            print(f"  {label:10} bus {bus:.0f} us/n, publish {publish}")
+        print(medians(rows))
     (HERE / "cost_results.json").write_text(
         json.dumps({"machine": about, "args": vars(args), "rows": rows}, indent=1)
     )

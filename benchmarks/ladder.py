@@ -2,7 +2,7 @@
 
     python benchmarks/ladder.py [--users 200] [--rates 250,500,1000,2000] [--seconds 6]
                                 [--paths operations,publish] [--modes topic,fanout]
-                                [--profile topic:operations:1000]
+                                [--per-publish 10] [--profile topic:operations:1000]
                                 [--config base:topic:/tmp/notifylab-base --config new:topic ...]
 
 For each routing mode (``NOTIFYLAB_ROUTING``) it starts 2 server instances and
@@ -13,7 +13,8 @@ climbs the rungs: for ``--seconds`` it offers a rate of notifications,
 
 - operations path: ``POST /api/operations`` (a ``report`` of 10 steps of
   0.1 s: 13 notifications each) from the users' sessions, round robin;
-- publish path: ``POST /api/publish`` with the API key, 10 users a call;
+- publish path: ``POST /api/publish`` with the API key, ``--per-publish``
+  users a call (10; 1 is the issue's shape, one user a call);
 
 then waits until the streams stop growing and every socket's count stops
 moving, and judges each socket against its user's inbox stream (the entries
@@ -96,8 +97,17 @@ async def register(url: str, count: int) -> list[tuple[str, str]]:
 class Run:
     """One mode's lab, users and sockets; :meth:`rung` runs one rung."""
 
-    def __init__(self, mode: str, prefix: str, users: list[tuple[str, str]], urls: list[str], lab: Lab):
+    def __init__(
+        self,
+        mode: str,
+        prefix: str,
+        users: list[tuple[str, str]],
+        urls: list[str],
+        lab: Lab,
+        per_publish: int = PER_PUBLISH,
+    ):
         self.mode, self.prefix, self.users, self.urls, self.lab = mode, prefix, users, urls, lab
+        self.per_publish = per_publish  # users named by one publish call
         self.redis = aioredis.from_url(Settings(prefix=prefix).redis_url, decode_responses=True)
         self.settings = Settings(prefix=prefix)
         self.loadgen: Loadgen | None = None
@@ -130,7 +140,7 @@ class Run:
 
     async def offer(self, path: str, rate: int, seconds: float) -> dict:
         """Offer ``rate`` notifications/s for ``seconds``; the calls' outcomes."""
-        per_call = PER_OPERATION if path == "operations" else PER_PUBLISH
+        per_call = PER_OPERATION if path == "operations" else self.per_publish
         limit = asyncio.Semaphore(IN_FLIGHT)
         statuses: dict[str, int] = {}
         tasks: set[asyncio.Task] = set()
@@ -146,8 +156,10 @@ class Run:
                         kw: dict = {"json": body, "cookies": {COOKIE: token}}
                         target = f"{url}/api/operations"
                     else:
-                        first = (i * PER_PUBLISH) % len(self.users)
-                        names = [self.users[(first + k) % len(self.users)][0] for k in range(PER_PUBLISH)]
+                        first = (i * self.per_publish) % len(self.users)
+                        names = [
+                            self.users[(first + k) % len(self.users)][0] for k in range(self.per_publish)
+                        ]
                         body = {"users": names, "type": "bench.tick", "title": f"tick {i}"}
                         kw = {"json": body, "headers": {"Authorization": f"Bearer {API_KEY}"}}
                         target = f"{url}/api/publish"
@@ -272,6 +284,7 @@ class Run:
             "mode": self.mode,
             "path": path,
             "offered": rate,
+            "per_call": PER_OPERATION if path == "operations" else self.per_publish,
             "appended_per_s": appended / (max(last_append - first, 1) / 1000),
             "delivered_per_s": delivered / window_s,
             "appended": appended,
@@ -333,10 +346,11 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         servers = sum(v for k, v in r["cpu_s"].items() if k.startswith("server"))
         workers = sum(v for k, v in r["cpu_s"].items() if k.startswith("worker"))
+        skipped = r["skipped"] * r.get("per_call", PER_CALL[r["path"]])  # calls -> notifications
         lines.append(
             f"{r['mode']:8} {r['path']:10} {r['offered']:>9} {r['appended_per_s']:>10.0f} "
             f"{r['delivered_per_s']:>11.0f} {r['p50_ms']:>7.0f} {r['p99_ms']:>7.0f} {r['max_ms']:>7.0f} "
-            f"{r['lost']:>5} {r['duplicated']:>4} {r['reordered']:>5} {r['skipped'] * PER_CALL[r['path']]:>7}"
+            f"{r['lost']:>5} {r['duplicated']:>4} {r['reordered']:>5} {skipped:>7}"
             f" {r.get('gaps_filled', 0):>5}  {servers:.1f}, {workers:.1f}"
             f"  {1e6 * servers / max(r['appended'], 1):.0f}, {1e6 * workers / max(r['appended'], 1):.0f}"
         )
@@ -407,6 +421,12 @@ async def main() -> None:
     parser.add_argument("--modes", default="topic,fanout")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument(
+        "--per-publish",
+        type=int,
+        default=PER_PUBLISH,
+        help="users named by one publish call (1: one user a call)",
+    )
+    parser.add_argument(
         "--profile",
         default="",
         help="LABEL:path:rate of the rung to profile (LABEL: the mode, or a --config label)",
@@ -459,7 +479,7 @@ async def main() -> None:
                     t = time.monotonic()
                     users = await register(urls[0], args.users)
                     print(f"registered {len(users)} users in {time.monotonic() - t:.1f}s", flush=True)
-                run = Run(label, prefix, users, urls, lab)
+                run = Run(label, prefix, users, urls, lab, args.per_publish)
                 try:
                     storm = await run.connect()
                     print(f"{label}: {storm['hellos']}/{storm['count']} sockets welcomed", flush=True)
