@@ -161,12 +161,10 @@ async def test_websocket_compression_is_what_the_settings_say(make_lab):
     assert offered == {"false": 0, "true": 15}
 
 
-@pytest.mark.parametrize("transport", ["websocket", "polling"])
-async def test_emit_now_reaches_a_client_exactly_as_emit_does(transport: str):
-    """The feed's emit_now uses python-socketio's rooms and engine.io's
-    sockets and queues: a client must get the same event, with the same
-    data, as from emit(), over either transport."""
-    sio = Server(async_mode="aiohttp", logger=False, engineio_logger=False)
+async def serving_ann(**options: Any) -> tuple[Server, web.AppRunner, int]:
+    """Our Server (with ``options``) on a free port, every socket that
+    connects put in user ann's room: what emit_now is aimed at."""
+    sio = Server(async_mode="aiohttp", logger=False, engineio_logger=False, **options)
     app = web.Application()
     sio.attach(app)
 
@@ -178,6 +176,15 @@ async def test_emit_now_reaches_a_client_exactly_as_emit_does(transport: str):
     await runner.setup()
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
+    return sio, runner, port
+
+
+@pytest.mark.parametrize("transport", ["websocket", "polling"])
+async def test_emit_now_reaches_a_client_exactly_as_emit_does(transport: str):
+    """The feed's emit_now uses python-socketio's rooms and engine.io's
+    sockets and queues: a client must get the same event, with the same
+    data, as from emit(), over either transport."""
+    sio, runner, port = await serving_ann()
     client = socketio.AsyncClient()
     got: list[Any] = []
     arrived = asyncio.Event()
@@ -223,20 +230,7 @@ async def test_direct_writes_keep_order_and_leave_engineio_pinging(monkeypatch):
         return written
 
     monkeypatch.setattr(engine.WebSocket, "write_now", counted)
-    sio = Server(
-        async_mode="aiohttp", logger=False, engineio_logger=False, ping_interval=0.3, ping_timeout=0.3
-    )
-    app = web.Application()
-    sio.attach(app)
-
-    @sio.on("connect")
-    async def connect(sid: str, environ: dict, auth: Any = None) -> None:
-        await sio.enter_room(sid, "user:ann")
-
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    sio, runner, port = await serving_ann(ping_interval=0.3, ping_timeout=0.3)
     client = socketio.AsyncClient()
     got: list[int] = []
     rounds = 40  # 2 s: several times ping interval + timeout
