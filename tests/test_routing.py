@@ -52,6 +52,7 @@ async def test_an_instance_receives_only_events_of_users_connected_to_it(make_la
     dropped = "notifylab_duplicates_dropped_total"
     before = {url: await metric(url, received) for url in (url_a, url_b)}
     dropped_before = await metric(url_a, dropped)
+    batched = {url: await metric(url, "notifylab_feed_batch_size_sum") for url in (url_a, url_b)}
 
     op = await ann.start("report", steps=STEPS, step_seconds=0.02)
     await ann.wait_operation(op["id"])
@@ -65,6 +66,10 @@ async def test_an_instance_receives_only_events_of_users_connected_to_it(make_la
         expected_a = expected_b = PER_OPERATION + bobs
     await settled(url_a, received, before[url_a], expected_a)
     await settled(url_b, received, before[url_b], expected_b)
+    # What reached each instance reached its feed once, in batches (an
+    # instance's own emits as it sent them, the rest as the bus brought them).
+    for url, expected in ((url_a, expected_a), (url_b, expected_b)):
+        await settled(url, "notifylab_feed_batch_size_sum", batched[url], expected)
     assert len(ann.of_operation(op["id"])) == PER_OPERATION and not bob.of_operation(op["id"])
     # a's own emit (the operation's "queued") went to its feed as it was sent;
     # coming back from the bus it is left out, not offered to the feed again.

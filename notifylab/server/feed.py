@@ -151,6 +151,7 @@ class Feed:
         (``prev``) goes out to the user's sockets at once. Anything else waits
         its turn behind the lock, in order (``_deliver``): a gap to read from
         the stream, or a user whose socket is being attached."""
+        self.metrics.batch_size.observe(len(notes))
         emitted = 0
         for note in notes:
             user = note.get("user")

@@ -46,6 +46,12 @@ class Metrics:
             "Notifications received for users with no socket here",
             registry=r,
         )
+        self.batch_size = Histogram(
+            "notifylab_feed_batch_size",
+            "Notifications handed to the feed at once: what the bus brought in one loop turn",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=r,
+        )
         self.latency = Histogram(
             "notifylab_delivery_latency_seconds",
             "From a notification's creation to its emit on this instance",
