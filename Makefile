@@ -53,11 +53,13 @@ services:
 	bash scripts/services.sh
 
 # Debian's Chromium for the browser tests (Playwright must not download its
-# own) and nginx for the load-balancer config tests.
+# own), nginx for the load-balancer config tests, and iproute2's ss (the
+# storm test reads an instance's listen backlog).
 system-deps:
 	@test -x /usr/bin/chromium || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
 	@command -v nginx >/dev/null || test -x /usr/sbin/nginx || \
 		(apt-get update -qq && apt-get install -y -qq --no-install-recommends nginx >/dev/null)
+	@command -v ss >/dev/null || (apt-get update -qq && apt-get install -y -qq iproute2 >/dev/null)
 
 test-python:
 	$(BIN)/python -m pytest

@@ -3,7 +3,8 @@
 //   node benchmarks/loadgen.mjs < spec.json
 //
 // spec: {"urls": [...], "tokens": [...], "count": N, "timeout": seconds, "offset": 0, "retry": false}
-// With "retry", a connect refused with "service unavailable" is tried again after a
+// With "retry", a connect refused with "service unavailable", or failed with "websocket
+// error" (the 503 a full instance answers before the upgrade), is tried again after a
 // full-jitter backoff, as notifylab's clients do ("retried" counts those attempts).
 // Socket i (numbered from `offset`, so several processes can share one token list)
 // connects to urls[i % urls.length] with auth {session: tokens[i % tokens.length]}.
@@ -101,8 +102,11 @@ async function connectMany(count) {
         mine.push([note.id, note.prev ?? null, Date.now() - note.ts]);
       });
       socket.on("connect_error", (err) => {
-        if (!done && spec.retry && String(err && err.message).includes("service unavailable")) {
-          // As the React and Python clients do: retry a refusal after a
+        const message = String(err && err.message);
+        if (!done && spec.retry && (message.includes("service unavailable") || message === "websocket error")) {
+          // As the React and Python clients do: retry a refusal (or the 503
+          // an instance answers before the upgrade while it is full, which
+          // socket.io-client reports as "websocket error") after a
           // full-jitter backoff, 1 s doubling to at most 20 s.
           retried += 1;
           const delay = Math.floor(Math.random() * Math.min(20000, 1000 * 2 ** attempt));

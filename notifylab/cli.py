@@ -33,6 +33,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("notifylab")
 
 INSTANCE_IDS = "a,b,c,d,e,f,g,h"
+# Connections the kernel holds for an instance before it accepts them
+# (capped by net.core.somaxconn). aiohttp's default, 128, drops the SYNs of a
+# reconnect storm past it, and each dropped client waits 1, 3, 7... s to
+# try again (benchmarks/README.md, "Issue 13: storm").
+LISTEN_BACKLOG = 4096
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -128,7 +133,7 @@ async def _serve(settings: Settings) -> None:
     await runner.setup()  # opens Redis and RabbitMQ: fails here with the URL
     try:
         stop = _wait_for_signal()
-        await web.TCPSite(runner, settings.host, settings.port).start()
+        await web.TCPSite(runner, settings.host, settings.port, backlog=LISTEN_BACKLOG).start()
         print(
             f"notifylab instance {settings.instance_id} serving on http://{settings.host}:{settings.port}"
             f" (event loop: {running_loop()})",

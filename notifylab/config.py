@@ -86,6 +86,10 @@ class Settings:
     # The event loop of servers and workers: "uvloop" (the default; asyncio's
     # own loop where uvloop is missing) or "asyncio" (notifylab/loop.py).
     event_loop: str = "uvloop"
+    # New sockets an instance takes in at once; past it a new connection
+    # gets a 503 before the websocket upgrade, which clients retry after a
+    # jittered delay (server/admission.py). 0: no limit.
+    max_connecting: int = 1000
 
     ENV_NAMES: ClassVar[dict[str, str]] = {  # field -> environment variable
         "broker_url": "NOTIFYLAB_BROKER_URL",
@@ -114,6 +118,7 @@ class Settings:
         "redis_pool_wait": "NOTIFYLAB_REDIS_POOL_WAIT",
         "ws_compression": "NOTIFYLAB_WS_COMPRESSION",
         "event_loop": "NOTIFYLAB_EVENT_LOOP",
+        "max_connecting": "NOTIFYLAB_MAX_CONNECTING",
     }
 
     def __post_init__(self) -> None:
@@ -121,6 +126,10 @@ class Settings:
             raise ConfigError(f"NOTIFYLAB_ROUTING must be 'topic' or 'fanout', not {self.routing!r}")
         if self.event_loop not in {"uvloop", "asyncio"}:
             raise ConfigError(f"NOTIFYLAB_EVENT_LOOP must be 'uvloop' or 'asyncio', not {self.event_loop!r}")
+        if self.max_connecting < 0:
+            raise ConfigError(
+                f"NOTIFYLAB_MAX_CONNECTING must be 0 (no limit) or more, not {self.max_connecting}"
+            )
         if not 0 < self.port < 65536:
             raise ConfigError(f"NOTIFYLAB_PORT must be 1-65535, not {self.port}")
         at_least_one = (

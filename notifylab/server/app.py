@@ -22,6 +22,7 @@ from ..bus.managers import make_manager
 from ..config import Settings
 from ..store.presence import HEARTBEAT_SECONDS
 from . import http, sockets
+from .admission import Admission
 from .services import Services
 
 log = logging.getLogger(__name__)
@@ -113,8 +114,11 @@ def create_app(settings: Settings) -> web.Application:
         engineio_logger=False,
         ws_compression=settings.ws_compression,
     )
-    app = web.Application(client_max_size=MAX_BODY, middlewares=[http.errors_middleware])
     services = Services(settings, sio)
+    admission = Admission(settings.max_connecting, on_refused=services.metrics.connects_refused.inc)
+    app = web.Application(
+        client_max_size=MAX_BODY, middlewares=[http.errors_middleware, admission.middleware()]
+    )
     app[http.SERVICES] = services
     app.cleanup_ctx.append(_lifetime)
     app.on_shutdown.append(_disconnect_everyone)

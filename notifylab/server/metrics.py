@@ -38,6 +38,11 @@ class Metrics:
         self.duplicates = Counter(
             "notifylab_duplicates_dropped", "Notifications received again and not re-emitted", registry=r
         )
+        self.connects_refused = Counter(
+            "notifylab_connects_refused",
+            "New connections answered 503 before the upgrade: too many sockets being taken in at once",
+            registry=r,
+        )
         self.bus_received = Counter(
             "notifylab_bus_messages_received", "Messages this instance's queue delivered to it", registry=r
         )

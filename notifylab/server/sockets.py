@@ -32,7 +32,8 @@ from ..errors import BadRequest, NotifylabError, ServiceUnavailable, Unauthorize
 from ..ids import ZERO, is_id
 from ..protocol import COOKIE
 from ..store.operations import Operation
-from . import engine
+from ..store.sessions import Session
+from . import admission, engine
 from .services import Services
 
 log = logging.getLogger(__name__)
@@ -189,6 +190,23 @@ class SocketHandlers:
         if extra:  # only a client event can bring more arguments, and this sid is not connected
             return _reserved("connect", sid)
         environ = environ if isinstance(environ, dict) else {}
+        try:
+            session, last_id, transport = await self._admit(sid, environ, auth)
+        except BaseException:
+            admission.leave(environ)  # refused: its place goes to the next socket
+            raise
+        await self.sio.save_session(sid, {"user": session.user, "session": session.id})
+        self._live[sid] = (session.user, session.id)
+        self.services.metrics.sockets.inc()
+        welcome = self._welcome(sid, session.user, session.id, last_id, transport, environ)
+        task = asyncio.create_task(welcome)
+        self._welcomes.add(task)
+        task.add_done_callback(self._welcomes.discard)
+        return None
+
+    async def _admit(self, sid: str, environ: dict, auth: Any) -> tuple[Session, str | None, str]:
+        """The socket's session, ``last_id`` and transport; ConnectionRefusedError
+        if it has no live session or the store is unreachable."""
         auth = auth if isinstance(auth, dict) else {}
         token = auth.get("session") or cookie_token(environ)
         last_id = auth.get("last_id")
@@ -206,19 +224,14 @@ class SocketHandlers:
         except OUTAGE as exc:
             log.warning("refused socket %s: the store is unavailable (%s)", sid, _brief(exc))
             raise socketio.exceptions.ConnectionRefusedError(UNAVAILABLE) from None
-        await self.sio.save_session(sid, {"user": session.user, "session": session.id})
-        self._live[sid] = (session.user, session.id)
-        self.services.metrics.sockets.inc()
-        task = asyncio.create_task(self._welcome(sid, session.user, session.id, last_id, transport))
-        self._welcomes.add(task)
-        task.add_done_callback(self._welcomes.discard)
-        return None
+        return session, last_id, transport
 
     async def _welcome(
-        self, sid: str, user: str, session_id: str, last_id: str | None, transport: str
+        self, sid: str, user: str, session_id: str, last_id: str | None, transport: str, environ: dict
     ) -> None:
         """Send ``hello``, replay what the socket missed, then join it to its
-        user's room (``Feed.attach``)."""
+        user's room (``Feed.attach``); then its place among the sockets being
+        taken in (``admission.py``) goes to the next."""
         services = self.services
         # The connect handler runs before the client is told it is connected;
         # anything emitted then would be dropped, so wait for that moment.
@@ -254,6 +267,8 @@ class SocketHandlers:
         except Exception:
             log.exception("welcoming socket %s failed; disconnecting it", sid)
             await self.sio.disconnect(sid, ignore_queue=True)
+        finally:
+            admission.leave(environ)
 
     async def _hello_data(self, user: str, cursor: str) -> tuple[int, list[dict]]:
         """Hello's unread count (up to ``cursor``) and the user's operations,
