@@ -29,15 +29,24 @@ housekeeping is untouched.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 from aiohttp import web
 from engineio.async_drivers import aiohttp as engineio_aiohttp
 
+log = logging.getLogger(__name__)
+
 # Past this many bytes waiting in the connection's write buffer (a slow
 # client), notifications go through the queue and engine.io's writer, which
 # waits for the buffer to drain, instead of piling up in the buffer here.
 WRITE_BUFFER_LIMIT = 64 * 1024
+# Packets a websocket's queue holds at most. Past the kernel's buffers and
+# WRITE_BUFFER_LIMIT, only a client that stopped reading (a frozen tab, a
+# phone in a tunnel) lets them pile up; rather than hold its user's
+# notifications without bound, its connection is cut: the client reconnects
+# and catches up from the inbox stream (rule 3), like after any drop.
+QUEUE_LIMIT = 512
 
 
 def text_frame(payload: bytes) -> bytes:
@@ -97,6 +106,12 @@ class WebSocket(engineio_aiohttp.WebSocket):
         transport.write(text_frame(encoded.encode()))
         return True
 
+    def abort(self) -> None:
+        """Cut the connection at once (what is buffered for it is dropped);
+        engine.io and the socket's handlers see it close as after any drop."""
+        if self._transport is not None:
+            self._transport.abort()
+
 
 def websocket_class(compress: bool) -> type[WebSocket]:
     """A ``WebSocket`` subclass fixed to ``compress`` (engine.io makes one per connection)."""
@@ -140,10 +155,17 @@ class SocketQueue:
     def send_now(self, packet: Any) -> None:
         """``put_nowait(packet)``, or, while engine.io's writer waits with
         nothing queued (so nothing sent before can be overtaken), the packet
-        written to the websocket at once."""
+        written to the websocket at once. A websocket whose queue holds
+        QUEUE_LIMIT packets already is cut instead (its client stopped
+        reading)."""
         websocket = self.websocket
-        if websocket is not None and self._getters and not self._items:
-            if websocket.write_now(packet.encode()):
+        if websocket is not None:
+            if self._getters and not self._items and websocket.write_now(packet.encode()):
+                return
+            if len(self._items) >= QUEUE_LIMIT:
+                log.warning("a client stopped reading: %d packets wait for it; cutting it off", QUEUE_LIMIT)
+                websocket.abort()
+                self.websocket = None  # once: what follows is dropped with the connection
                 return
         self.put_nowait(packet)
 
