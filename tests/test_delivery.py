@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import itertools
-import json
 
 import aio_pika
 import redis.asyncio as aioredis
 
 from notifylab.config import Settings
 from notifylab.ids import id_after
-from notifylab.protocol import is_inbox_item, user_room
+from notifylab.protocol import is_inbox_item
 from notifylab.store.inbox import Inbox
-from support import BROKER, REDIS, servers
+from support import BROKER, REDIS, servers, worker_message
 
 STEPS = 6
 
@@ -153,19 +152,7 @@ async def test_a_notification_lost_on_the_bus_is_read_back_from_the_stream(stack
     async with connection:
         channel = await connection.channel()
         exchange = await channel.get_exchange(settings.events_exchange)
-        message = {
-            "method": "emit",
-            "event": "notification",
-            "data": [sent],
-            "namespace": "/",
-            "room": user_room(client.user),
-            "skip_sid": None,
-            "callback": None,
-            "host_id": "test",
-        }
-        await exchange.publish(
-            aio_pika.Message(json.dumps(message).encode()), routing_key=f"user.{client.user}"
-        )
+        await exchange.publish(aio_pika.Message(worker_message(sent)), routing_key=f"user.{client.user}")
     await redis.aclose()
 
     await client.wait_for(lambda: len(client.notifications) == 2, 10)

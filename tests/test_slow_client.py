@@ -19,10 +19,9 @@ import redis.asyncio as aioredis
 
 from notifylab.config import Settings
 from notifylab.ids import now_ms
-from notifylab.protocol import user_room
 from notifylab.server.engine import QUEUE_LIMIT
 from notifylab.store.inbox import Inbox
-from support import BROKER, REDIS, servers
+from support import BROKER, REDIS, servers, worker_message
 
 BIG = "x" * 8000  # a notification of about 8 KB: the kernel's buffers fill in a few hundred
 COUNT = 2000  # well past what the buffers and QUEUE_LIMIT hold for one socket (about 16 MB)
@@ -64,19 +63,7 @@ async def test_a_client_that_stops_reading_is_cut_off_and_the_others_get_everyth
                 reader.user, {"user": reader.user, "type": "bench.big", "n": i, "body": BIG, "ts": now_ms()}
             )
             ids.append(note["id"])
-            message = {
-                "method": "emit",
-                "event": "notification",
-                "data": [note],
-                "namespace": "/",
-                "room": user_room(reader.user),
-                "skip_sid": None,
-                "callback": None,
-                "host_id": "test",
-            }
-            await exchange.publish(
-                aio_pika.Message(json.dumps(message).encode()), routing_key=f"user.{reader.user}"
-            )
+            await exchange.publish(aio_pika.Message(worker_message(note)), routing_key=f"user.{reader.user}")
         await reader.wait_for(lambda: len(reader.notifications) == COUNT, 60)
         assert [n["id"] for n in reader.notifications] == ids and reader.duplicates == 0
         async with asyncio.timeout(30):
