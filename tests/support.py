@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import re
 import shutil
@@ -33,7 +32,6 @@ import redis.asyncio as aioredis
 from notifylab.config import Settings
 from notifylab.lab import Lab, free_port
 from notifylab.lab.cluster import remove_prefix
-from notifylab.protocol import user_room
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -325,19 +323,3 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-
-
-def worker_message(note: dict) -> bytes:
-    """``note`` as a worker's write-only manager publishes it on the events
-    exchange (python-socketio's pub/sub message, routing key ``user.<name>``)."""
-    message = {
-        "method": "emit",
-        "event": "notification",
-        "data": [note],
-        "namespace": "/",
-        "room": user_room(note["user"]),
-        "skip_sid": None,
-        "callback": None,
-        "host_id": "test",
-    }
-    return json.dumps(message).encode()

@@ -7,11 +7,13 @@ import itertools
 import aio_pika
 import redis.asyncio as aioredis
 
+from notifylab import codec
+from notifylab.bus.managers import emit_message
 from notifylab.config import Settings
 from notifylab.ids import id_after
 from notifylab.protocol import is_inbox_item
 from notifylab.store.inbox import Inbox
-from support import BROKER, REDIS, servers, worker_message
+from support import BROKER, REDIS, servers
 
 STEPS = 6
 
@@ -152,7 +154,10 @@ async def test_a_notification_lost_on_the_bus_is_read_back_from_the_stream(stack
     async with connection:
         channel = await connection.channel()
         exchange = await channel.get_exchange(settings.events_exchange)
-        await exchange.publish(aio_pika.Message(worker_message(sent)), routing_key=f"user.{client.user}")
+        await exchange.publish(
+            aio_pika.Message(codec.dumpb(emit_message(sent, host_id="test"))),
+            routing_key=f"user.{client.user}",
+        )
     await redis.aclose()
 
     await client.wait_for(lambda: len(client.notifications) == 2, 10)

@@ -17,11 +17,13 @@ import aio_pika
 import aiohttp
 import redis.asyncio as aioredis
 
+from notifylab import codec
+from notifylab.bus.managers import emit_message
 from notifylab.config import Settings
 from notifylab.ids import now_ms
 from notifylab.server.engine import QUEUE_LIMIT
 from notifylab.store.inbox import Inbox
-from support import BROKER, REDIS, servers, worker_message
+from support import BROKER, REDIS, servers
 
 BIG = "x" * 8000  # a notification of about 8 KB: the kernel's buffers fill in a few hundred
 COUNT = 2000  # well past what the buffers and QUEUE_LIMIT hold for one socket (about 16 MB)
@@ -63,7 +65,10 @@ async def test_a_client_that_stops_reading_is_cut_off_and_the_others_get_everyth
                 reader.user, {"user": reader.user, "type": "bench.big", "n": i, "body": BIG, "ts": now_ms()}
             )
             ids.append(note["id"])
-            await exchange.publish(aio_pika.Message(worker_message(note)), routing_key=f"user.{reader.user}")
+            await exchange.publish(
+                aio_pika.Message(codec.dumpb(emit_message(note, host_id="test"))),
+                routing_key=f"user.{reader.user}",
+            )
         await reader.wait_for(lambda: len(reader.notifications) == COUNT, 60)
         assert [n["id"] for n in reader.notifications] == ids and reader.duplicates == 0
         async with asyncio.timeout(30):

@@ -220,7 +220,7 @@ class _TopicTransport(AsyncPubSubManager):
                 self.deliver(notes)
             else:  # nobody took delivery over: python-socketio emits them itself
                 for note in notes:
-                    self._control.put_nowait(_emit_message(note))
+                    self._control.put_nowait(emit_message(note))
         self._acks.handled()
 
     async def _listen(self) -> AsyncIterator[Any]:
@@ -297,8 +297,9 @@ class Acks:
             self._timer = None
 
 
-def _emit_message(note: BusNotification) -> dict:
-    """python-socketio's pub/sub message for an emit of ``note`` to its user's room."""
+def emit_message(note: BusNotification, host_id: str | None = None) -> dict:
+    """python-socketio's pub/sub message for an emit of ``note`` to its
+    user's room, as the manager of host ``host_id`` publishes it."""
     return {
         "method": "emit",
         "event": "notification",
@@ -307,7 +308,7 @@ def _emit_message(note: BusNotification) -> dict:
         "room": user_room(note["user"]),
         "skip_sid": None,
         "callback": None,
-        "host_id": None,
+        "host_id": host_id,
     }
 
 

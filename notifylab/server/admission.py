@@ -25,6 +25,7 @@ connections (every client of ours) are held to the limit all the way.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -56,7 +57,7 @@ PLACE = web.RequestKey("notifylab.admission", Place)  # where a new connection's
 class Admission:
     """The count of sockets being taken in, against ``limit`` (0: no limit)."""
 
-    def __init__(self, limit: int, on_refused: Any = None):
+    def __init__(self, limit: int, on_refused: Callable[[], object] | None = None):
         self.limit = limit
         self.taking = 0
         self.on_refused = on_refused  # called for each 503 (a metric)

@@ -191,7 +191,7 @@ class SocketHandlers:
             return _reserved("connect", sid)
         environ = environ if isinstance(environ, dict) else {}
         try:
-            session, last_id, transport = await self._admit(sid, environ, auth)
+            session, last_id, transport = await self._session_for(sid, environ, auth)
         except BaseException:
             admission.leave(environ)  # refused: its place goes to the next socket
             raise
@@ -204,7 +204,7 @@ class SocketHandlers:
         task.add_done_callback(self._welcomes.discard)
         return None
 
-    async def _admit(self, sid: str, environ: dict, auth: Any) -> tuple[Session, str | None, str]:
+    async def _session_for(self, sid: str, environ: dict, auth: Any) -> tuple[Session, str | None, str]:
         """The socket's session, ``last_id`` and transport; ConnectionRefusedError
         if it has no live session or the store is unreachable."""
         auth = auth if isinstance(auth, dict) else {}
