@@ -6,7 +6,9 @@ Python client alike; no dependencies, so the kernel side can import it.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, NotRequired, TypedDict
+from typing import Any, NotRequired, TypedDict, cast
+
+from .ids import parse_id
 
 COOKIE = "notifylab_session"  # the browser's session cookie (HttpOnly)
 
@@ -55,6 +57,27 @@ class BusNotification(Notification):
     it missed one (see server/feed.py)."""
 
     prev: str
+
+
+def check_bus_notification(note: object) -> BusNotification:
+    """``note`` as a bus notification, or ValueError saying what it lacks.
+
+    A notification on the bus comes from another process: a worker of
+    another version, a broken publisher. One without what the feed orders
+    and stamps by (``id``, ``prev``, ``user``, ``ts``) is dropped at the
+    instance's door rather than failing the batch it arrived in."""
+    if not isinstance(note, dict):
+        raise ValueError("it is not a JSON object")
+    for name in ("id", "prev"):
+        if parse_id(note.get(name)) is None:
+            raise ValueError(f"{name} is not a stream id")
+    user = note.get("user")
+    if not isinstance(user, str) or not user:
+        raise ValueError("user is missing")
+    ts = note.get("ts")
+    if not isinstance(ts, int | float) or isinstance(ts, bool):
+        raise ValueError("ts is not a number")
+    return cast(BusNotification, note)
 
 
 def to_client(note: BusNotification | Notification) -> Notification:

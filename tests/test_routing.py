@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import aio_pika
 import aiohttp
 import aiormq
+import orjson
 import pytest
 
-from notifylab.bus.managers import ACK_DELAY, ACK_EVERY, TopicManager
+from notifylab.bus.managers import ACK_DELAY, ACK_EVERY, TopicManager, emit_message
 from notifylab.config import Settings
 from support import new_prefix, servers
 
@@ -118,6 +120,11 @@ class Batches(list):
         return [note for batch in self for note in batch]
 
 
+def note(i: int, **fields) -> dict:
+    """Ann's ``i``-th notification on the bus (what the feed needs of one)."""
+    return {"user": "ann", "i": i, "id": f"{i + 1}-0", "prev": f"{i}-0", "ts": 1, **fields}
+
+
 async def _listening(settings: Settings, expected: int) -> tuple[TopicManager, Batches]:
     """A listener for ann whose deliveries are recorded."""
     batches = Batches(expected)
@@ -146,7 +153,7 @@ async def test_an_instance_acks_what_it_handled_in_batches(services, monkeypatch
     listener, batches = await _listening(settings, count)
     publisher = TopicManager(settings, write_only=True)
     for i in range(count):  # one at a time, each confirmed: they arrive alone, or nearly
-        await publisher.emit("notification", {"user": "ann", "i": i}, room="user:ann")
+        await publisher.emit("notification", note(i), room="user:ann")
     await asyncio.wait_for(batches.full.wait(), 10)
     await asyncio.sleep(ACK_DELAY * 5)  # the last ack's delay
     await listener.close()
@@ -168,7 +175,7 @@ async def test_what_arrives_together_is_delivered_in_batches(services):
     await raw.basic_cancel(consumer)  # the queue fills while nobody reads it
     publisher = TopicManager(settings, write_only=True)
     await asyncio.gather(
-        *(publisher.emit("notification", {"user": "ann", "i": i}, room="user:ann") for i in range(count))
+        *(publisher.emit("notification", note(i), room="user:ann") for i in range(count))
     )
     await publisher.close()
     await listener._consume()
@@ -180,3 +187,41 @@ async def test_what_arrives_together_is_delivered_in_batches(services):
     # frame through a queue): batches of 3-4 here, not 500.
     assert len(batches) < count / 2, [len(batch) for batch in batches]
     assert await _left_in(settings) == 0
+
+
+async def test_a_malformed_message_on_the_bus_is_dropped_and_the_batch_goes_on(services, caplog):
+    """What another process publishes cannot break an instance: a body that
+    is not JSON, or a notification without what the feed orders by, is
+    dropped (counted, acked, logged within a budget) and the good
+    notifications around it are delivered, in order."""
+    settings = Settings(prefix=new_prefix(), instance_id="malformed")
+    good = 50
+    listener, batches = await _listening(settings, good)
+    dropped: list[None] = []
+    listener.on_malformed = lambda: dropped.append(None)
+    bad = [
+        b"not json at all",
+        b"[1, 2, 3]",
+        *(
+            orjson.dumps(emit_message(note(0, **change)))
+            for change in ({"ts": None}, {"id": "soon"}, {"prev": 7}, {"user": ""})
+        ),
+        orjson.dumps({**emit_message(note(0)), "data": []}),
+    ] * 10
+    connection = await aio_pika.connect(settings.broker_url)
+    channel = await connection.channel()
+    exchange = await channel.get_exchange(settings.events_exchange)
+    for i in range(good):  # one good notification, then the bad ones, each time
+        await exchange.publish(aio_pika.Message(orjson.dumps(emit_message(note(i)))), "user.ann")
+        for body in bad[i::good]:
+            await exchange.publish(aio_pika.Message(body), "user.ann")
+    await connection.close()
+    with caplog.at_level(logging.WARNING, logger="notifylab.bus.managers"):
+        await asyncio.wait_for(batches.full.wait(), 10)
+        await asyncio.sleep(ACK_DELAY * 5)
+    await listener.close()
+    assert [n["i"] for n in batches.notes()] == list(range(good))
+    assert len(dropped) == len(bad)
+    lines = [r for r in caplog.records if "malformed" in r.getMessage()]
+    assert 1 <= len(lines) <= 5, len(lines)  # a budget, not a line per message
+    assert await _left_in(settings) == 0  # dropped means acked, not sent back

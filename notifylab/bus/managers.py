@@ -32,7 +32,8 @@ from socketio.async_pubsub_manager import AsyncPubSubManager
 from .. import codec
 from ..config import Settings
 from ..ids import now_ms
-from ..protocol import BusNotification, user_room
+from ..logbudget import LogBudget
+from ..protocol import BusNotification, check_bus_notification, user_room
 from .broker import close_broker, connect_broker, publish_raw
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,9 @@ log = logging.getLogger(__name__)
 LISTEN_PREFETCH = 1024
 ACK_EVERY = 256  # messages acknowledged at once at most (below the prefetch, or the broker would wait)
 ACK_DELAY = 0.02  # seconds an ack waits for more messages to cover
+
+# One budget for the process: a broken publisher floods every manager alike.
+_malformed_log = LogBudget(log)
 
 
 async def publish_notification(emitter: Any, note: BusNotification) -> None:
@@ -63,20 +67,22 @@ def routing_key(message: dict) -> str:
 
 class DeliveryHook:
     """Mixed into a pub/sub manager so that the server can take over what
-    arrives from the bus: notifications go to ``deliver`` (the instance's
-    feed) in batches, in bus order, instead of straight to the sockets; the
-    number of messages received is reported to ``on_message`` (a metric), and
-    ``on_reconnect`` callbacks run after the listener reconnected. The server
-    sets them; a write-only manager (a worker's) leaves them unset. Nothing
-    here knows the server.
+        arrives from the bus: notifications go to ``deliver`` (the instance's
+        feed) in batches, in bus order, instead of straight to the sockets; the
+        number of messages received is reported to ``on_message`` and each one
+    dropped as malformed to ``on_malformed`` (metrics), and
+        ``on_reconnect`` callbacks run after the listener reconnected. The server
+        sets them; a write-only manager (a worker's) leaves them unset. Nothing
+        here knows the server.
 
-    ``deliver`` is a plain function, not a coroutine: the feed hands most
-    notifications to the sockets without awaiting anything (``feed.py``), and
-    a batch costs one call instead of a task per notification.
+        ``deliver`` is a plain function, not a coroutine: the feed hands most
+        notifications to the sockets without awaiting anything (``feed.py``), and
+        a batch costs one call instead of a task per notification.
     """
 
     deliver: Callable[[list[BusNotification]], None] | None = None
     on_message: Callable[[int], None] | None = None
+    on_malformed: Callable[[], None] | None = None
     on_reconnect: list[Callable[[], Awaitable[None]]]
 
     async def subscribe(self, user: str) -> None:
@@ -92,9 +98,22 @@ class DeliveryHook:
     # an upgrade changes it, rather than letting delivery degrade silently.
     async def _handle_emit(self, message: dict) -> None:
         if self.deliver is not None and message.get("event") == "notification":
-            self.deliver([message["data"][0]])
+            data = message.get("data")
+            try:
+                note = check_bus_notification(data[0] if isinstance(data, list | tuple) and data else None)
+            except ValueError as exc:
+                self._drop(message, str(exc))
+                return
+            self.deliver([note])
         else:
             await super()._handle_emit(message)  # type: ignore[misc]
+
+    def _drop(self, message: object, problem: str) -> None:
+        """A message no instance could use: acked with the rest (a redelivery
+        would be as bad), counted, and logged within a budget."""
+        if self.on_malformed is not None:
+            self.on_malformed()
+        _malformed_log.warning("dropped a malformed message from the bus (%s): %.200r", problem, message)
 
     async def _listen(self) -> AsyncIterator[Any]:
         async for message in super()._listen():  # type: ignore[misc]
@@ -202,15 +221,26 @@ class _TopicTransport(AsyncPubSubManager):
         notes: list[BusNotification] = []
         received = 0
         for body in bodies:
-            message = codec.loads(body)
+            try:
+                message = codec.loads(body)
+            except ValueError:
+                message = None
+            if not isinstance(message, dict):
+                self._drop(body, "it is not a JSON object")
+                continue
             if message.get("method") == "emit" and message.get("event") == "notification":
                 received += 1
                 # python-socketio's emit hands its own host's emits to
                 # _handle_emit before publishing them, and its listener skips
                 # them when they come back; so must we, or the feed would
                 # take every notification this instance published twice.
-                if message.get("host_id") != self.host_id:
-                    notes.append(message["data"][0])
+                if message.get("host_id") == self.host_id:
+                    continue
+                data = message.get("data")
+                try:
+                    notes.append(check_bus_notification(data[0] if isinstance(data, list) and data else None))
+                except ValueError as exc:
+                    self._drop(body, str(exc))
             else:
                 self._control.put_nowait(message)
         if received and self.on_message is not None:  # control messages: counted by DeliveryHook._listen

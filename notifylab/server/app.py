@@ -41,6 +41,7 @@ async def _lifetime(app: web.Application) -> AsyncIterator[None]:
     try:
         manager.deliver = services.feed.receive
         manager.on_message = services.metrics.bus_received.inc
+        manager.on_malformed = services.metrics.bus_malformed.inc
         manager.on_reconnect.append(services.feed.catch_up)
         await manager.start_publisher()
         await manager.start_listener()

@@ -46,6 +46,11 @@ class Metrics:
         self.bus_received = Counter(
             "notifylab_bus_messages_received", "Messages this instance's queue delivered to it", registry=r
         )
+        self.bus_malformed = Counter(
+            "notifylab_bus_messages_malformed",
+            "Messages dropped as unusable: not JSON, or a notification without id, prev, user or ts",
+            registry=r,
+        )
         self.not_local = Counter(
             "notifylab_bus_messages_not_local",
             "Notifications received for users with no socket here",
