@@ -94,6 +94,15 @@ def is_inbox_item(note: Mapping[str, Any]) -> bool:
     return kind in INBOX_TYPES or not kind.startswith(OPERATION_TYPE_PREFIX)
 
 
+def is_live(record: Mapping[str, Any], live: Mapping[str, str | None]) -> bool:
+    """Whether a socket's presence ``record`` (store/presence.py) belongs to
+    a process that still beats: ``live`` maps each beating instance to the
+    incarnation of the process behind it. Here, not in the store, because
+    the lab's Redis view applies the same rule without importing the store."""
+    instance = record.get("instance")
+    return isinstance(instance, str) and instance in live and record.get("incarnation") == live[instance]
+
+
 def user_room(user: str) -> str:
     """The Socket.IO room that holds every socket of ``user``, on every instance."""
     return f"user:{user}"

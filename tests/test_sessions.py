@@ -8,6 +8,7 @@ import redis.asyncio as aioredis
 import socketio
 
 from notifylab.lab.client import Client, ClientError
+from notifylab.lab.redis_view import RedisView
 from support import PASSWORD, REDIS, new_username, servers
 
 
@@ -100,3 +101,32 @@ async def test_a_wrong_password_and_an_unknown_user_get_the_same_answer(stack):
             await me.login(new_username(), PASSWORD)
     assert wrong.value.status == unknown.value.status == 401
     assert wrong.value.body == unknown.value.body
+
+
+async def test_an_instance_killed_and_started_again_under_its_id_lists_none_of_its_old_sockets(
+    make_lab, clients
+):
+    """SIGKILL leaves the dead process's socket records in Redis. The new
+    process beats under the same id at once, so only the incarnation in each
+    record tells the two apart: without it, the old socket would be listed
+    as live until its session ended."""
+    lab = await make_lab(workers=0)
+    url_a, url_b = servers(lab)
+    keeper = await clients(url_b)
+    gone = await clients(url_a, user=keeper.user)
+    sessions = {s["current"]: s["id"] for s in await keeper.sessions()}
+    async with RedisView(prefix=lab.env["NOTIFYLAB_PREFIX"], redis_url=REDIS) as rview:
+        assert [(s["instance"], s["live"]) for s in await rview.sockets(keeper.user)] == [
+            ("b", True),
+            ("a", True),
+        ]
+
+        await lab.processes[0].kill()  # no goodbye: its socket records stay in Redis
+        await gone.close()  # the tab is gone too, so nothing reconnects to a
+        await lab.processes[0].start()  # a again, same id and port, a new process
+
+        listed = {s["id"]: s["sockets"] for s in await keeper.sessions()}
+        assert listed[sessions[False]] == []
+        assert [s["instance"] for s in listed[sessions[True]]] == ["b"]
+        # The old record was removed as it was found; the lab's view agrees.
+        assert [(s["instance"], s["live"]) for s in await rview.sockets(keeper.user)] == [("b", True)]

@@ -29,7 +29,7 @@ from redis.exceptions import TimeoutError as RedisTimeout
 
 from ..config import Settings, redact
 from ..ids import ZERO
-from ..protocol import is_inbox_item
+from ..protocol import is_inbox_item, is_live
 from .tables import Check, Table, _short, wait_until
 
 TIMEOUT = 5.0  # seconds for any one command: a notebook cell must never hang
@@ -93,8 +93,9 @@ class RedisView:
     async def sockets(self, user: str | None = None) -> Table:
         """Open sockets (of ``user``, or everyone's), oldest first: sid, user,
         session, instance, transport, connected_at, and live: whether that
-        instance still beats. A socket of a crashed instance stays in Redis
-        (live False) until a server notices and removes it."""
+        instance still beats, as the same process. A socket of a crashed
+        instance stays in Redis (live False) until a server notices and
+        removes it, even if the instance has been started again."""
 
         async def work() -> Table:
             if user is not None:
@@ -102,7 +103,7 @@ class RedisView:
                 sessions = [self.key("sockets", s) for s in ids]
             else:
                 sessions = [k async for k in self.redis.scan_iter(match=self.key("sockets", "*"))]
-            live = {row["id"] for row in await self._instances()}
+            live = {row["id"]: row["incarnation"] for row in await self._instances()}
             rows = []
             for sockets_key in sessions:
                 session = sockets_key.removeprefix(self.key("sockets", ""))
@@ -118,7 +119,7 @@ class RedisView:
                             "instance": where,
                             "transport": record.get("transport"),
                             "connected_at": record.get("connected_at"),
-                            "live": where in live,
+                            "live": is_live(record, live),
                         }
                     )
             rows.sort(key=lambda r: (r["connected_at"] or 0, r["sid"]))
@@ -139,14 +140,18 @@ class RedisView:
                         "port": info.get("port"),
                         "routing": info.get("routing"),
                         "started": info.get("started"),
+                        "incarnation": info.get("incarnation"),
                         "ttl": await self._ttl(key),
                     }
                 )
-        return Table(sorted(rows, key=lambda r: r["id"]), ["id", "port", "routing", "started", "ttl"])
+        columns = ["id", "port", "routing", "started", "incarnation", "ttl"]
+        return Table(sorted(rows, key=lambda r: r["id"]), columns)
 
     async def instances(self) -> Table:
         """Live server instances (their heartbeats): id, port, routing,
-        started, ttl (seconds left: renewed every 5 s, so 10-15 while alive)."""
+        started, incarnation (a token of the process: a restart under the
+        same id changes it), ttl (seconds left: renewed every 5 s, so 10-15
+        while alive)."""
         return await self._ask("instances()", self._instances)
 
     async def operations(self, user: str) -> Table:

@@ -85,7 +85,7 @@ async def _heartbeat(services: Services) -> None:
     info = {"port": services.settings.port, "routing": services.settings.routing, "started": services.started}
     while True:
         try:
-            await services.presence.heartbeat(services.instance, info)
+            await services.presence.heartbeat(info)
         except Exception as exc:  # keep beating once Redis is back
             log.warning("heartbeat failed: %s", exc)
         await asyncio.sleep(HEARTBEAT_SECONDS)

@@ -172,7 +172,7 @@ class Services:
 
     async def close(self) -> None:
         try:
-            await self.presence.stop(self.instance)
+            await self.presence.stop()
         except Exception:  # Redis may be the thing that is down
             pass
         await self.jobs.close()
@@ -283,7 +283,7 @@ class Services:
 
     async def sessions_of(self, user: str) -> list[dict]:
         """The user's sessions, each with its live sockets and their instance."""
-        live = set(await self.presence.instances())
+        live = await self.presence.live()
         return [
             {**s.as_dict(), "sockets": await self.presence.sockets(s.id, live)}
             for s in await self.sessions.of_user(user)

@@ -216,7 +216,7 @@ class SocketHandlers:
         try:
             async with asyncio.timeout(STORE_WAIT_SECONDS):
                 session = await self.services.sessions.resolve_socket(
-                    token, self.services.presence, sid, self.services.instance, transport
+                    token, self.services.presence, sid, transport
                 )
                 if session is None:
                     log.info("refused socket %s: no valid session", sid)

@@ -88,7 +88,7 @@ class Sessions:
         return session
 
     async def resolve_socket(
-        self, token: object, presence: Presence, sid: str, instance: str, transport: str
+        self, token: object, presence: Presence, sid: str, transport: str
     ) -> Session | None:
         """:meth:`resolve` for a socket's connect, recording the socket in
         ``presence`` in the same transaction (one round trip): the session id
@@ -103,7 +103,7 @@ class Sessions:
             pipe.hgetall(key)
             # Slides the expiry, and does nothing to a key that is gone (unlike an HSET).
             pipe.expire(key, self.settings.session_ttl)
-            presence.queue_add_socket(pipe, session_id, sid, instance, transport)
+            presence.queue_add_socket(pipe, session_id, sid, transport)
             data = (await pipe.execute())[0]
         session = _session(data)
         if session is None:
