@@ -167,6 +167,7 @@ async def measure(label: str, tree: str | None, env: dict[str, str], args, prefi
         "NOTIFYLAB_PREFIX": prefix,
         "NOTIFYLAB_LOG_LEVEL": "WARNING",
         "NOTIFYLAB_API_KEY": API_KEY,
+        "NOTIFYLAB_PUBLISH_RATE": "0",  # the capacity is measured, not the key's limit
         "NOTIFYLAB_STATIC_DIR": str(HERE.parent / "frontend" / "dist"),
         **env,
     }

@@ -466,6 +466,7 @@ async def main() -> None:
                 "NOTIFYLAB_ROUTING": mode,
                 "NOTIFYLAB_LOG_LEVEL": "WARNING",
                 "NOTIFYLAB_API_KEY": API_KEY,
+                "NOTIFYLAB_PUBLISH_RATE": "0",  # the capacity is measured, not the key's limit
                 "NOTIFYLAB_WORKER_CONCURRENCY": "200",
                 "NOTIFYLAB_MAX_ACTIVE_OPERATIONS": "100",
             }

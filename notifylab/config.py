@@ -70,9 +70,17 @@ class Settings:
     hash_concurrency: int = 2  # Argon2 hashes in flight per instance (CPU-bound)
     max_active_operations: int = 10  # per user: queued or running at once
     session_check_seconds: int = 30  # how often open sockets' sessions are re-checked
-    # The key other backend services present to POST /api/publish (as
-    # "Authorization: Bearer <key>"). Empty: the publish API is off.
+    # The keys other backend services present to POST /api/publish (as
+    # "Authorization: Bearer <key>"): one, or several separated by commas (a
+    # key per calling service, or the old and the new while rotating one).
+    # Empty: the publish API is off.
     api_key: str = field(default="", repr=False)
+    # Notifications per second each API key may publish, over all instances
+    # (store/ratelimit.py); past it, 429 with Retry-After. 0: no limit.
+    publish_rate: int = 1000
+    # How long an Idempotency-Key on POST /api/publish is remembered: a
+    # retry within it gets the first answer instead of publishing again.
+    idempotency_seconds: int = 24 * 3600
     # Redis connections per process. A full pool makes a caller wait (up to
     # redis_pool_wait seconds) instead of failing: a reconnect storm or a busy
     # worker slows down rather than losing work. A worker's pool is never
@@ -114,6 +122,8 @@ class Settings:
         "max_active_operations": "NOTIFYLAB_MAX_ACTIVE_OPERATIONS",
         "session_check_seconds": "NOTIFYLAB_SESSION_CHECK_SECONDS",
         "api_key": "NOTIFYLAB_API_KEY",
+        "publish_rate": "NOTIFYLAB_PUBLISH_RATE",
+        "idempotency_seconds": "NOTIFYLAB_IDEMPOTENCY_SECONDS",
         "redis_pool_size": "NOTIFYLAB_REDIS_POOL_SIZE",
         "redis_pool_wait": "NOTIFYLAB_REDIS_POOL_WAIT",
         "ws_compression": "NOTIFYLAB_WS_COMPRESSION",
@@ -130,6 +140,8 @@ class Settings:
             raise ConfigError(
                 f"NOTIFYLAB_MAX_CONNECTING must be 0 (no limit) or more, not {self.max_connecting}"
             )
+        if self.publish_rate < 0:
+            raise ConfigError(f"NOTIFYLAB_PUBLISH_RATE must be 0 (no limit) or more, not {self.publish_rate}")
         if not 0 < self.port < 65536:
             raise ConfigError(f"NOTIFYLAB_PORT must be 1-65535, not {self.port}")
         at_least_one = (
@@ -141,6 +153,7 @@ class Settings:
             "session_check_seconds",
             "redis_pool_size",
             "redis_pool_wait",
+            "idempotency_seconds",
         )
         for name in at_least_one:
             if getattr(self, name) < 1:
@@ -163,6 +176,11 @@ class Settings:
     def origins(self) -> tuple[str, ...]:
         """``allowed_origins`` as a tuple, without trailing slashes."""
         return tuple(o.strip().rstrip("/") for o in self.allowed_origins.split(",") if o.strip())
+
+    @property
+    def api_keys(self) -> tuple[str, ...]:
+        """``api_key`` as a tuple: every key the publish API accepts."""
+        return tuple(k.strip() for k in self.api_key.split(",") if k.strip())
 
     @property
     def proxies(self) -> tuple[str, ...]:

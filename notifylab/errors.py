@@ -36,6 +36,13 @@ class Conflict(NotifylabError):
     status = 409
 
 
+class Unprocessable(NotifylabError):
+    """Well-formed, but in conflict with what was asked before (an
+    Idempotency-Key reused for a different request)."""
+
+    status = 422
+
+
 class TooManyRequests(NotifylabError):
     """A limit was reached (failed logins, active operations); the message
     says which, and ``retry_after`` (seconds) when waiting will help."""

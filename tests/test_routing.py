@@ -174,9 +174,7 @@ async def test_what_arrives_together_is_delivered_in_batches(services):
     (consumer,) = raw.consumers
     await raw.basic_cancel(consumer)  # the queue fills while nobody reads it
     publisher = TopicManager(settings, write_only=True)
-    await asyncio.gather(
-        *(publisher.emit("notification", note(i), room="user:ann") for i in range(count))
-    )
+    await asyncio.gather(*(publisher.emit("notification", note(i), room="user:ann") for i in range(count)))
     await publisher.close()
     await listener._consume()
     await asyncio.wait_for(batches.full.wait(), 10)

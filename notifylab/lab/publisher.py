@@ -14,13 +14,22 @@ Each recipient's notification is appended to its inbox stream and delivered
 like an operation's: in order, once, replayed to sessions that were away.
 The answer maps each user to its notification id. A refusal raises
 :class:`~notifylab.lab.client.ClientError` (``status``; ``body["field"]``
-names the field at fault on a 400). A 503 (Redis away) appended nothing:
-retrying it is safe. Nothing here imports the server or the store.
+names the field at fault on a 400). Nothing here imports the server or the
+store.
+
+Each publish carries an ``Idempotency-Key`` (a fresh UUID, or one you give),
+and is retried under it, on the next instance if need be, when the answer
+did not come (a timeout, a dropped connection), was 503 (Redis away) or 429
+(the key's rate limit, after its ``Retry-After``): whichever instance takes
+the retry answers it with the first publish's ids, so nothing is published
+twice.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
+import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -30,6 +39,9 @@ from .client import ClientError
 
 API_KEY_ENV = "NOTIFYLAB_API_KEY"
 TIMEOUT = 60.0  # seconds; the server may wait up to 30 s for RabbitMQ's confirm
+ATTEMPTS = 4  # tries of one publish (each on every instance given) before its error is raised
+RETRY_WAIT_MAX = 10.0  # seconds: the longest Retry-After waited for
+RETRIED_STATUSES = frozenset({429, 503})
 
 
 class Publisher:
@@ -59,32 +71,43 @@ class Publisher:
         title: str,
         body: str = "",
         data: dict[str, Any] | None = None,
+        *,
+        idempotency_key: str | None = None,
     ) -> dict[str, str]:
         """Notify ``users`` (one username, or several): returns ``{user: id}``.
         ``type`` is a dotted name such as ``"billing.invoice"`` (not
-        ``operation.*``); ``data`` a JSON object for the receiving client."""
+        ``operation.*``); ``data`` a JSON object for the receiving client.
+        ``idempotency_key``: give the same one when you call again for the
+        same notification (after a crash of yours, say); by default each
+        call makes its own, and its retries reuse it."""
         payload: dict[str, Any] = {"user": users} if isinstance(users, str) else {"users": list(users)}
         payload.update(type=type, title=title, body=body)
         if data is not None:
             payload["data"] = data
-        answer = await self._post("/api/publish", payload)
+        key = idempotency_key or str(uuid.uuid4())
+        answer = await self._post("/api/publish", payload, {**self._headers, "Idempotency-Key": key})
         return answer["ids"]
 
-    async def _post(self, path: str, payload: dict[str, Any]) -> dict:
+    async def _post(self, path: str, payload: dict[str, Any], headers: dict[str, str]) -> dict:
         if self._http is None:
             self._http = aiohttp.ClientSession(timeout=self._timeout)
-        error: aiohttp.ClientConnectorError | None = None
-        # The next instance only when this one could not be reached at all:
-        # nothing was sent, so nothing can be published twice.
-        for url in self.urls:
-            try:
-                async with self._http.post(f"{url}{path}", json=payload, headers=self._headers) as response:
-                    answer = await response.json(content_type=None)
-                    if response.status >= 400:
-                        raise ClientError(response.status, answer if isinstance(answer, dict) else {})
-                    return answer
-            except aiohttp.ClientConnectorError as exc:
-                error = exc
+        error: Exception | None = None
+        for attempt in range(ATTEMPTS):
+            wait = 0.0
+            for url in self.urls:
+                try:
+                    async with self._http.post(f"{url}{path}", json=payload, headers=headers) as response:
+                        answer = await response.json(content_type=None)
+                        if response.status < 400:
+                            return answer
+                        error = ClientError(response.status, answer if isinstance(answer, dict) else {})
+                        if response.status not in RETRIED_STATUSES:
+                            raise error
+                        wait = max(wait, _retry_after(response.headers.get("Retry-After")))
+                except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+                    error = exc  # it may have been published: the retry's key tells the server
+            if attempt < ATTEMPTS - 1:
+                await asyncio.sleep(wait or 0.25 * 2**attempt)
         assert error is not None
         raise error
 
@@ -98,6 +121,13 @@ class Publisher:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+def _retry_after(header: str | None) -> float:
+    try:
+        return min(max(float(header or 0), 0.0), RETRY_WAIT_MAX)
+    except ValueError:
+        return 0.0
 
 
 async def publish(

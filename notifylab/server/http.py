@@ -366,26 +366,47 @@ async def mark_read(request: web.Request) -> web.Response:
     return web.json_response({"ok": True, "up_to": mark, "unread": unread})
 
 
-def _key_matches(header: str | None, key: str) -> bool:
-    """True if ``header`` is ``Bearer <key>``. Compared in constant time, as
-    digests, so neither the key's bytes nor its length show in the timing."""
+def _caller(header: str | None, keys: tuple[str, ...]) -> str | None:
+    """Which of ``keys`` the ``Authorization: Bearer <key>`` header holds, as
+    a short digest of it (the name its limits are kept under in Redis; the
+    key itself is never stored), or None. Every key is compared, in constant
+    time, as digests, so neither a key's bytes, its length nor its place in
+    the list show in the timing."""
     scheme, _, token = (header or "").strip().partition(" ")
-    if scheme.lower() != "bearer":
-        return False
     # aiohttp decodes header bytes that are not UTF-8 as surrogate escapes.
     given = hashlib.sha256(token.strip().encode("utf-8", "surrogateescape")).digest()
-    return hmac.compare_digest(given, hashlib.sha256(key.encode("utf-8")).digest())
+    found = None
+    for key in keys:
+        digest = hashlib.sha256(key.encode("utf-8")).digest()
+        if hmac.compare_digest(given, digest) and scheme.lower() == "bearer":
+            found = digest.hex()[:16]
+    return found
+
+
+IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")  # visible ASCII, as the header's draft standard advises
+
+
+def _idempotency_key(request: web.Request) -> str | None:
+    value = request.headers.get("Idempotency-Key")
+    if value is None:
+        return None
+    # A quoted string is how the draft writes it ("8e03978e-..."); the quotes are not the key.
+    key = value.strip().removeprefix('"').removesuffix('"')
+    if not IDEMPOTENCY_KEY.fullmatch(key):
+        raise BadRequest("Idempotency-Key must be 1-255 visible ASCII characters", "Idempotency-Key")
+    return key
 
 
 async def publish(request: web.Request) -> web.Response:
     """Notify users for another backend service (see docs/architecture.md,
-    "The publish API"). Authenticated by ``settings.api_key`` alone: a
-    session cookie counts for nothing here."""
+    "The publish API"). Authenticated by one of ``settings.api_keys``
+    alone: a session cookie counts for nothing here."""
     srv = services(request)
-    if not srv.settings.api_key:
+    if not srv.settings.api_keys:
         # Off, not forbidden: no key can work, so no 401 that invites one.
         raise NotFound("the publish API is off: set NOTIFYLAB_API_KEY on the instances to turn it on")
-    if not _key_matches(request.headers.get("Authorization"), srv.settings.api_key):
+    caller = _caller(request.headers.get("Authorization"), srv.settings.api_keys)
+    if caller is None:
         message = (
             "send the API key as 'Authorization: Bearer <key>'"
             if "Authorization" not in request.headers
@@ -397,8 +418,11 @@ async def publish(request: web.Request) -> web.Response:
         return web.json_response(
             {"error": message}, status=401, headers={"WWW-Authenticate": 'Bearer realm="notifylab"'}
         )
-    ids = await srv.publish(check_publication(await body(request)))
-    return web.json_response({"ids": ids}, status=202)
+    once = _idempotency_key(request)
+    ids, replayed = await srv.publish(check_publication(await body(request)), caller, once)
+    # The header Stripe's API and others send, so that a client can tell.
+    headers = {"Idempotent-Replayed": "true"} if replayed else None
+    return web.json_response({"ids": ids}, status=202, headers=headers)
 
 
 async def openapi(request: web.Request) -> web.Response:

@@ -8,8 +8,10 @@ module imports neither of them: it is the leaf they share.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
+import math
 import re
 import time
 from collections.abc import Mapping
@@ -22,15 +24,16 @@ from redis.asyncio import Redis
 from ..bus.jobs import Jobs, job_priority, make_jobs
 from ..bus.managers import publish_notification
 from ..config import Settings
-from ..errors import BadRequest, Conflict, NotFound
+from ..errors import BadRequest, Conflict, NotFound, TooManyRequests, Unprocessable
 from ..ids import is_id, now_ms
 from ..kinds import get_kind
 from ..protocol import OPERATION_TYPE_PREFIX, user_room
 from ..store.accounts import Accounts, is_username
 from ..store.connect import connect_redis
-from ..store.inbox import Inbox, KeysMissing
+from ..store.inbox import AppendedBefore, Inbox, KeysMissing, Once
 from ..store.operations import TERMINAL, Operation, Operations, TransitionRefused
 from ..store.presence import Presence
+from ..store.ratelimit import RateLimit
 from ..store.sessions import Session, Sessions
 from .feed import Feed
 from .metrics import Metrics
@@ -58,6 +61,13 @@ class Publication:
     body: str
     data: dict[str, Any]
     users_field: str  # "user" or "users": where a refusal of a recipient points
+
+    def fingerprint(self) -> str:
+        """A digest of what is asked (whatever the order of ``data``'s keys),
+        to tell a retry from another request under the same Idempotency-Key."""
+        asked = [self.users, self.type, self.title, self.body, self.data]
+        text = json.dumps(asked, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 
 
 def _text(fields: Mapping[str, object], name: str, most: int, required: bool) -> str:
@@ -167,6 +177,10 @@ class Services:
         self.inbox = Inbox(redis, self.settings)
         self.operations = Operations(redis, self.settings, self.inbox)
         self.feed = Feed(self.sio, self.inbox, self.metrics, self.instance)
+        rate = self.settings.publish_rate
+        # A burst of one second's worth (a call to more recipients than that
+        # passes when the key's budget is full, and the next ones wait).
+        self.publish_limit = RateLimit(redis, self.settings, "publish", rate, rate) if rate else None
         self.jobs = make_jobs(self.settings)
         await self.jobs.start()
 
@@ -220,28 +234,57 @@ class Services:
 
     # -- publish ------------------------------------------------------------
 
-    async def publish(self, pub: Publication) -> dict[str, str]:
+    async def publish(
+        self, pub: Publication, caller: str, idempotency_key: str | None = None
+    ) -> tuple[dict[str, str], bool]:
         """Append ``pub`` to each recipient's inbox stream and send it on, as
         an operation's notifications are: the feed's order, no duplicate and
-        gap filling hold for it. Returns each user's notification id.
+        gap filling hold for it. Returns each user's notification id, and
+        whether this was a retry answered from the first publish.
 
+        ``caller`` names the API key (not the key itself): its rate limit
+        (TooManyRequests past ``publish_rate``) and its idempotency keys.
         Every recipient must have an account (BadRequest names the others).
         The check and all the appends are one Redis script (one round trip,
         all or nothing): a failure (503) leaves no recipient with it, so the
-        caller may simply retry. Once appended it is kept: a publish the bus
-        does not confirm is logged, not undone, and the feed delivers it from
-        the stream (see ``feed.py``)."""
+        caller may simply retry. With ``idempotency_key``, the same script
+        records the ids under it: a retry within ``idempotency_seconds`` gets
+        them back and publishes nothing, on any instance; the key reused for
+        a different publication is Unprocessable. Once appended it is kept:
+        a publish the bus does not confirm is logged, not undone, and the
+        feed delivers it from the stream (see ``feed.py``)."""
+        if self.publish_limit is not None:
+            wait = await self.publish_limit.take(caller, cost=len(pub.users))
+            if wait:
+                rate = self.settings.publish_rate
+                raise TooManyRequests(
+                    f"this API key may publish {rate} notifications a second: retry later",
+                    retry_after=max(1, math.ceil(wait)),
+                )
+        once = None
+        if idempotency_key is not None:
+            digest = hashlib.sha256(idempotency_key.encode()).hexdigest()[:32]
+            key = self.settings.key("publish-once", caller, digest)
+            once = Once(key, pub.fingerprint(), self.settings.idempotency_seconds)
         ts = now_ms()
         fields = [_published(user, pub, ts) for user in pub.users]
         try:
             sent = await self.inbox.append_all(
-                pub.users, fields, required=[self.accounts.key(user) for user in pub.users]
+                pub.users, fields, required=[self.accounts.key(user) for user in pub.users], once=once
             )
         except KeysMissing as exc:
             unknown = [pub.users[position] for position in exc.positions]
             named = ", ".join(unknown[:_NAMED_UNKNOWN])
             more = f" and {len(unknown) - _NAMED_UNKNOWN} more" if len(unknown) > _NAMED_UNKNOWN else ""
             raise BadRequest(f"no such user: {named}{more}", pub.users_field) from None
+        except AppendedBefore as exc:
+            assert once is not None
+            if exc.fingerprint != once.fingerprint:
+                raise Unprocessable(
+                    "this Idempotency-Key was used for a different publication: use a new key for a new one",
+                    "Idempotency-Key",
+                ) from None
+            return dict(zip(pub.users, exc.ids, strict=True)), True
         # One user's notification does not wait for another's confirm.
         outcomes = await asyncio.gather(
             *(publish_notification(self.sio, note) for note in sent), return_exceptions=True
@@ -256,7 +299,7 @@ class Services:
                     note["user"],
                     outcome,
                 )
-        return {note["user"]: note["id"] for note in sent}
+        return {note["user"]: note["id"] for note in sent}, False
 
     # -- inbox --------------------------------------------------------------
 

@@ -15,6 +15,7 @@ published notifications), not an operation's progress.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
 from redis.asyncio import Redis
@@ -30,22 +31,34 @@ ENTRY_FIELD = "n"  # a stream entry is one field: the notification as JSON
 ITEMS_PAGE = 200  # entries read per round trip when looking back for inbox items
 
 APPEND_SCRIPT = """
--- KEYS: the n streams, then the keys that must exist for anything to be written
--- ARGV: 1 n, 2 the streams' MAXLEN (~), 3 the entry's field, 4.. the n notifications
--- Returns {'missing', position, ...} (1-based, among the keys that must exist)
--- having written nothing, or {'ok', prev 1, id 1, prev 2, id 2, ...}.
+-- KEYS: the n streams; the keys that must exist for anything to be written;
+--       last, if ARGV[4] is not '', the key that records this append as done
+-- ARGV: 1 n, 2 the streams' MAXLEN (~), 3 the entry's field,
+--       4 the record's fingerprint ('' for none), 5 its lifetime (s), 6.. the n notifications
+-- Returns {'done', record} if the record exists, {'missing', position, ...}
+-- (1-based, among the keys that must exist), both having written nothing,
+-- or {'ok', prev 1, id 1, prev 2, id 2, ...}.
 local n = tonumber(ARGV[1])
+local once = ARGV[4] ~= ''
+local required_end = #KEYS
+if once then
+  local done = redis.call('GET', KEYS[#KEYS])
+  if done then return {'done', done} end
+  required_end = #KEYS - 1
+end
 local missing = {'missing'}
-for i = n + 1, #KEYS do
+for i = n + 1, required_end do
   if redis.call('EXISTS', KEYS[i]) == 0 then missing[#missing + 1] = i - n end
 end
 if #missing > 1 then return missing end
-local reply = {'ok'}
+local reply, record = {'ok'}, {ARGV[4]}
 for i = 1, n do
   local newest = redis.call('XREVRANGE', KEYS[i], '+', '-', 'COUNT', 1)
   reply[#reply + 1] = newest[1] and newest[1][1] or ''
-  reply[#reply + 1] = redis.call('XADD', KEYS[i], 'MAXLEN', '~', ARGV[2], '*', ARGV[3], ARGV[3 + i])
+  reply[#reply + 1] = redis.call('XADD', KEYS[i], 'MAXLEN', '~', ARGV[2], '*', ARGV[3], ARGV[5 + i])
+  record[#record + 1] = reply[#reply]
 end
+if once then redis.call('SET', KEYS[#KEYS], table.concat(record, ' '), 'EX', ARGV[5]) end
 return reply
 """
 
@@ -57,6 +70,29 @@ class KeysMissing(LookupError):
     def __init__(self, positions: list[int]):
         super().__init__(f"required keys missing at {positions}")
         self.positions = positions
+
+
+@dataclass(frozen=True)
+class Once:
+    """Makes :meth:`Inbox.append_all` happen at most once per ``key`` (a
+    Redis key) for ``seconds``: a later call with the same key writes nothing
+    and raises :class:`AppendedBefore`. ``fingerprint`` (no spaces) stands
+    for what was asked, so that the caller can tell a retry of the same
+    request from a different one that reused the key."""
+
+    key: str
+    fingerprint: str
+    seconds: int
+
+
+class AppendedBefore(Exception):
+    """An append under the same :class:`Once` key was done already: nothing
+    was written now. ``fingerprint`` and ``ids`` are the first append's."""
+
+    def __init__(self, fingerprint: str, ids: list[str]):
+        super().__init__(f"appended before, as {ids}")
+        self.fingerprint = fingerprint
+        self.ids = ids
 
 
 class Inbox:
@@ -95,6 +131,7 @@ class Inbox:
         users: Sequence[str],
         notifications: Sequence[dict[str, Any]],
         required: Sequence[str] = (),
+        once: Once | None = None,
     ) -> list[BusNotification]:
         """Append ``notifications[i]`` to ``users[i]``'s stream, each with its
         ``id`` and ``prev``, all or none, in one round trip (APPEND_SCRIPT).
@@ -103,12 +140,26 @@ class Inbox:
         (the publish API passes the recipients' accounts); if any does not,
         nothing is and :class:`KeysMissing` says which. A script rather than
         a check, then a transaction: one round trip, and no account can go
-        between the two."""
+        between the two.
+
+        ``once``: see :class:`Once`. The record is written in the same script
+        as the appends, so no crash can leave one without the other."""
         values = [codec.dumpb(note) for note in notifications]
+        mark = [once.key] if once else []
         reply = await self._append_script(
-            keys=[*(self.key(user) for user in users), *required],
-            args=[len(users), self.settings.inbox_max, ENTRY_FIELD, *values],
+            keys=[*(self.key(user) for user in users), *required, *mark],
+            args=[
+                len(users),
+                self.settings.inbox_max,
+                ENTRY_FIELD,
+                once.fingerprint if once else "",
+                once.seconds if once else 0,
+                *values,
+            ],
         )
+        if reply[0] == "done":
+            fingerprint, *ids = reply[1].split(" ")
+            raise AppendedBefore(fingerprint, ids)
         if reply[0] == "missing":
             raise KeysMissing([int(position) - 1 for position in reply[1:]])
         return [
