@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 
 .PHONY: up test check setup kit-deps services build system-deps test-python test-frontend test-notebooks \
-	bench bench-targets lock clean
+	chaos bench bench-targets lock clean
 
 # The kit: two instances and a worker, and JupyterLab on notebooks/ beside them
 # (the React client in a tab next to the notebook). It prints the URL to open,
@@ -63,6 +63,15 @@ system-deps:
 
 test-python:
 	$(BIN)/python -m pytest
+
+# The chaos suite at full size: faults under load (RabbitMQ, Redis, an
+# instance, the worker; its table is printed at the end), then the other
+# fault tests: a client that stops reading, bad input and floods, restarts
+# when idle, the publish API's limits. `make test` runs all of it at CI's size.
+# It restarts the machine's RabbitMQ: run nothing else against it meanwhile.
+chaos: setup services
+	NOTIFYLAB_CHAOS_SIZE=full $(BIN)/python -m pytest tests/test_chaos.py tests/test_restarts.py \
+		tests/test_slow_client.py tests/test_abuse.py tests/test_publish_limits.py
 
 test-frontend:
 	cd frontend && npm test

@@ -16,6 +16,7 @@ import pytest
 from notifylab.lab import Lab
 from notifylab.lab.client import Client
 from support import (
+    CHAOS_ROWS,
     PASSWORD,
     PREFIXES,
     check_services,
@@ -35,6 +36,19 @@ async def services() -> AsyncIterator[None]:
 
 
 LabFactory = Callable[..., Awaitable[Lab]]
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The chaos suite's table: one row per fault tried under load."""
+    if not CHAOS_ROWS:
+        return
+    columns = list(CHAOS_ROWS[0])
+    widths = [max(len(c), *(len(str(row[c])) for row in CHAOS_ROWS)) for c in columns]
+    terminalreporter.section("faults under load (tests/test_chaos.py)")
+    for line in (columns, ["-" * w for w in widths], *([str(row[c]) for c in columns] for row in CHAOS_ROWS)):
+        terminalreporter.write_line(
+            " | ".join(str(cell).ljust(w) for cell, w in zip(line, widths, strict=True))
+        )
 
 
 @pytest.fixture

@@ -40,6 +40,7 @@ REDIS = Settings().redis_url
 PASSWORD = "correct horse battery"
 
 PREFIXES: list[str] = []  # every prefix this run made, removed at its end
+CHAOS_ROWS: list[dict] = []  # one per fault tried under load (test_chaos.py), printed at the end
 
 
 def new_prefix() -> str:

@@ -20,6 +20,11 @@ from ..errors import ServiceUnavailable
 log = logging.getLogger(__name__)
 
 PUBLISH_DEADLINE = 30.0  # seconds a publish keeps retrying (broker restarting) before it fails
+# Seconds between reconnect attempts of a robust connection. aio-pika's
+# default of 5 is, on average, 2.5 s more of delivery paused after the
+# broker is back, in every process (measured by tests/test_chaos.py); an
+# attempt a second against a broker that is down costs nothing to speak of.
+RECONNECT_SECONDS = 1.0
 
 
 async def connect_broker(url: str) -> aio_pika.abc.AbstractRobustConnection:
@@ -32,7 +37,7 @@ async def connect_broker(url: str) -> aio_pika.abc.AbstractRobustConnection:
     for logger in quiet:
         logger.setLevel(logging.CRITICAL)
     try:
-        return await aio_pika.connect_robust(url, timeout=5)
+        return await aio_pika.connect_robust(url, timeout=5, reconnect_interval=RECONNECT_SECONDS)
     except (TimeoutError, OSError, aio_pika.exceptions.AMQPError) as exc:
         raise ServiceUnavailable(
             f"cannot reach RabbitMQ at {redact(url)}: {exc or type(exc).__name__}"
