@@ -4,8 +4,9 @@
 //
 // spec: {"urls": [...], "tokens": [...], "count": N, "timeout": seconds, "offset": 0, "retry": false}
 // With "retry", a connect refused with "service unavailable", or failed with "websocket
-// error" (the 503 a full instance answers before the upgrade), is tried again after a
-// full-jitter backoff, as notifylab's clients do ("retried" counts those attempts).
+// error" (the 503 a full instance answers before the upgrade, or the 429 to an address
+// opening sockets too fast), is tried again after a full-jitter backoff, as notifylab's
+// clients do ("retried" counts those attempts).
 // Socket i (numbered from `offset`, so several processes can share one token list)
 // connects to urls[i % urls.length] with auth {session: tokens[i % tokens.length]}.
 // The first `count` sockets connect all at once (count may be 0). It prints one
@@ -105,8 +106,9 @@ async function connectMany(count) {
         const message = String(err && err.message);
         if (!done && spec.retry && (message.includes("service unavailable") || message === "websocket error")) {
           // As the React and Python clients do: retry a refusal (or the 503
-          // an instance answers before the upgrade while it is full, which
-          // socket.io-client reports as "websocket error") after a
+          // an instance answers before the upgrade while it is full, or its
+          // 429 to an address opening sockets too fast, which
+          // socket.io-client both reports as "websocket error") after a
           // full-jitter backoff, 1 s doubling to at most 20 s.
           retried += 1;
           const delay = Math.floor(Math.random() * Math.min(20000, 1000 * 2 ** attempt));

@@ -69,7 +69,7 @@ import redis.asyncio as aioredis
 
 from notifylab.config import Settings
 from notifylab.lab import Lab
-from notifylab.lab.processes import free_port
+from notifylab.lab.processes import LAB_DEFAULTS, free_port
 from notifylab.protocol import COOKIE
 
 HERE = Path(__file__).resolve().parent
@@ -352,7 +352,7 @@ class Target:
             self.proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 *args,
-                env={**os.environ, **self.env()},
+                env={**LAB_DEFAULTS, **os.environ, **self.env()},  # as a Lab's: no per-address limit
                 stdout=out,
                 stderr=asyncio.subprocess.STDOUT,
             )

@@ -63,8 +63,8 @@ class Settings:
     # instance's own (comma-separated; e.g. the load balancer's public URL).
     allowed_origins: str = ""
     # Proxies whose X-Forwarded-For is believed when counting failed logins
-    # per address (comma-separated addresses or networks: nginx's own
-    # address, not a whole subnet other clients also come from).
+    # and new sockets per address (comma-separated addresses or networks:
+    # nginx's own address, not a whole subnet other clients also come from).
     trusted_proxies: str = ""
     login_attempts: int = 5  # failed logins per username or address before backoff
     hash_concurrency: int = 2  # Argon2 hashes in flight per instance (CPU-bound)
@@ -98,6 +98,16 @@ class Settings:
     # gets a 503 before the websocket upgrade, which clients retry after a
     # jittered delay (server/admission.py). 0: no limit.
     max_connecting: int = 1000
+    # New sockets one client address may open on an instance: a burst of
+    # address_connect_burst, then address_connect_rate a second; past it, a
+    # 429 with Retry-After before the upgrade, retried like the 503
+    # (server/flood.py). The burst lets an office behind one NAT come back
+    # after a restart; 20 a second keeps one address flooding the instance
+    # to about 5% of a core. The address is the peer, or behind a trusted
+    # proxy the one it forwarded for: set NOTIFYLAB_TRUSTED_PROXIES behind
+    # nginx, or every client counts as the proxy. Rate 0: no limit.
+    address_connect_rate: int = 20
+    address_connect_burst: int = 200
 
     ENV_NAMES: ClassVar[dict[str, str]] = {  # field -> environment variable
         "broker_url": "NOTIFYLAB_BROKER_URL",
@@ -129,6 +139,8 @@ class Settings:
         "ws_compression": "NOTIFYLAB_WS_COMPRESSION",
         "event_loop": "NOTIFYLAB_EVENT_LOOP",
         "max_connecting": "NOTIFYLAB_MAX_CONNECTING",
+        "address_connect_rate": "NOTIFYLAB_ADDRESS_CONNECT_RATE",
+        "address_connect_burst": "NOTIFYLAB_ADDRESS_CONNECT_BURST",
     }
 
     def __post_init__(self) -> None:
@@ -139,6 +151,11 @@ class Settings:
         if self.max_connecting < 0:
             raise ConfigError(
                 f"NOTIFYLAB_MAX_CONNECTING must be 0 (no limit) or more, not {self.max_connecting}"
+            )
+        if self.address_connect_rate < 0:
+            raise ConfigError(
+                "NOTIFYLAB_ADDRESS_CONNECT_RATE must be 0 (no limit) or more, "
+                f"not {self.address_connect_rate}"
             )
         if self.publish_rate < 0:
             raise ConfigError(f"NOTIFYLAB_PUBLISH_RATE must be 0 (no limit) or more, not {self.publish_rate}")
@@ -153,6 +170,7 @@ class Settings:
             "session_check_seconds",
             "redis_pool_size",
             "redis_pool_wait",
+            "address_connect_burst",
             "idempotency_seconds",
         )
         for name in at_least_one:

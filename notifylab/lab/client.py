@@ -19,7 +19,10 @@ or stopped), it tries the instances in turn, the others first, after a
 jittered, growing delay (see :func:`backoff`), until one takes it; it keeps
 its ``last_id``, so it misses nothing. REST calls go to the instance its
 socket is on. It stops trying when its session ends (``session:revoked``, or
-a reconnect refused as unauthorized).
+a reconnect refused as unauthorized). A reconnect an instance refuses before
+the upgrade, with 503 (it takes in too many sockets at once) or 429 (too
+many new sockets from this address), fails like any other attempt and is
+retried after the next delay, the same way.
 
 ``unread`` counts inbox items only (``protocol.is_inbox_item``), as the
 server does: an operation's outcome and restarts, not its progress.

@@ -26,6 +26,13 @@ from pathlib import Path
 import aiohttp
 
 READY_TIMEOUT = 30.0
+# Settings the lab's processes get unless the caller's environment (or
+# ``env``) says otherwise. The per-address limit on new sockets
+# (server/flood.py) is off: every client of the lab, the tests, the lessons
+# and the benchmarks (a storm of 10,000 sockets) connects from 127.0.0.1,
+# and a limit meant for one flooding address would throttle the lab itself.
+# tests/test_abuse.py and benchmarks/abuse.py turn it on where they need it.
+LAB_DEFAULTS = {"NOTIFYLAB_ADDRESS_CONNECT_RATE": "0"}
 
 _running: set[LabProcess] = set()  # every process started; those still running are stopped at exit
 
@@ -198,14 +205,15 @@ class LabProcess:
 
 
 class Lab:
-    """A set of notifylab processes sharing ``env`` (``NOTIFYLAB_*``).
+    """A set of notifylab processes sharing ``env`` (``NOTIFYLAB_*``) over
+    this process's environment over ``LAB_DEFAULTS``.
 
     Use it as ``async with Lab(env) as lab:``; every process it started is
     stopped at the end, even on an error.
     """
 
     def __init__(self, env: Mapping[str, str] | None = None, log_dir: Path | str | None = None):
-        self.env = {**os.environ, **(env or {})}
+        self.env = {**LAB_DEFAULTS, **os.environ, **(env or {})}
         self.log_dir = Path(log_dir) if log_dir else None
         if self.log_dir:
             self.log_dir.mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,9 @@ refused come back spread out, when the instance has room. A socket's place
 is given back once it is welcomed (``sockets.py``) or refused, or when its
 connection closes, whichever comes first.
 
+One address opening sockets as fast as it can is held back before it
+gets here, by its own token bucket (``flood.py``: a 429).
+
 Over polling, the handshake is a request of its own, so the place is given
 back when that request ends, before the socket's connect: only websocket
 connections (every client of ours) are held to the limit all the way.
@@ -76,7 +79,7 @@ class Admission:
 
         @web.middleware
         async def admission_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-            if not request.path.startswith(ENGINEIO_PATH) or "sid" in request.query:
+            if not new_connection(request):
                 return await handler(request)
             place = self.enter()
             if place is None:
@@ -92,6 +95,12 @@ class Admission:
                 place.leave()
 
         return admission_middleware
+
+
+def new_connection(request: web.Request) -> bool:
+    """Whether ``request`` opens a new engine.io connection: a request to
+    ``/socket.io/`` without a ``sid`` (a connected socket's requests carry one)."""
+    return request.path.startswith(ENGINEIO_PATH) and "sid" not in request.query
 
 
 def leave(environ: dict) -> None:

@@ -24,15 +24,29 @@ writes it to the connection at once (``WebSocket.write_now``), and the
 writer stays asleep. It still sends everything else (pings, the handlers'
 acks, what queues up behind a slow client), so engine.io's own
 housekeeping is untouched.
+
+And what a client can send engine.io. It decodes a client's frame before
+anything can refuse it, and a frame it cannot decode (empty, not starting
+with a packet type, a type past 6, bad base64) either escapes its websocket
+handler (a traceback, and an HTTP 500 written into the open websocket) or
+is logged with a traceback by engine.io itself, once per frame: 16 lines a
+frame, 160,000 for 10,000 of them (tests/test_abuse.py). ``WebSocket.wait``
+and ``checked_translate_request`` (the polling transport's POST bodies) try
+each frame with engine.io's own decoder first; one that fails it goes to
+the server's ``on_unreadable``, which sheds the socket (``sockets.py``):
+:func:`cut` ends its connection at once, as for a slow client, whatever
+else the client had sent is dropped unread.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from engineio import packet, payload
 from engineio.async_drivers import aiohttp as engineio_aiohttp
 
 log = logging.getLogger(__name__)
@@ -47,6 +61,35 @@ WRITE_BUFFER_LIMIT = 64 * 1024
 # notifications without bound, its connection is cut: the client reconnects
 # and catches up from the inbox stream (rule 3), like after any drop.
 QUEUE_LIMIT = 512
+# What aiohttp's receive() returns once the connection is over.
+_LAST_MESSAGES = (web.WSMsgType.CLOSE, web.WSMsgType.CLOSING, web.WSMsgType.CLOSED, web.WSMsgType.ERROR)
+# The packet types engine.io knows (OPEN to NOOP); it fails on the others.
+PACKET_TYPES = range(len(packet.packet_names))
+# What engine.io's decoder raises on a frame it cannot read (bad base64 is a ValueError).
+UNDECODABLE = (ValueError, TypeError, IndexError, KeyError)
+
+# Called with an engine.io socket id and what was wrong, for a client that
+# sent what engine.io cannot read: ``sockets.Server.shed``.
+OnUnreadable = Callable[[str, str], Awaitable[None]]
+
+
+def readable(frame: str | bytes) -> bool:
+    """Whether engine.io can take ``frame`` (one packet, as a websocket
+    frame carries it): tried with engine.io's own decoder, which raises on
+    some, and its type one engine.io knows (it fails on the others)."""
+    try:
+        return packet.Packet(encoded_packet=frame).packet_type in PACKET_TYPES
+    except UNDECODABLE:
+        return False
+
+
+def readable_payload(body: bytes) -> bool:
+    """Whether engine.io can take ``body``, a polling POST's packets."""
+    try:
+        packets = payload.Payload(encoded_payload=body.decode("utf-8")).packets
+    except UNDECODABLE:  # UnicodeDecodeError, too many packets, a packet that does not decode
+        return False
+    return all(p.packet_type in PACKET_TYPES for p in packets)
 
 
 def text_frame(payload: bytes) -> bytes:
@@ -61,9 +104,11 @@ def text_frame(payload: bytes) -> bytes:
 
 
 class WebSocket(engineio_aiohttp.WebSocket):
-    """engine.io's aiohttp websocket with permessage-deflate as ``compress`` says."""
+    """engine.io's aiohttp websocket with permessage-deflate as ``compress``
+    says, whose frames engine.io cannot read go to ``on_unreadable``."""
 
     compress = False
+    on_unreadable: OnUnreadable | None = None
 
     async def __call__(self, environ: dict) -> Any:
         self._sock = web.WebSocketResponse(
@@ -76,7 +121,7 @@ class WebSocket(engineio_aiohttp.WebSocket):
         self.socket = getattr(self.handler, "__self__", None)
         queue = getattr(self.socket, "queue", None)
         self._transport = request.transport
-        if isinstance(queue, SocketQueue) and not self.compress:
+        if isinstance(queue, SocketQueue):
             queue.websocket = self
         try:
             await self.handler(self)
@@ -86,15 +131,50 @@ class WebSocket(engineio_aiohttp.WebSocket):
             self._transport = None
         return self._sock
 
+    async def wait(self) -> Any:
+        """The next frame, as engine.io reads it; one engine.io cannot read
+        cuts the connection instead, and is reported to ``on_unreadable``.
+        Once the socket is closed (shed, say), what its client had sent
+        already is not read on."""
+        frame = await super().wait()
+        socket = self.socket
+        if socket is not None and socket.closed:
+            return await self._end()
+        if readable(frame):
+            return frame
+        self.abort()  # nothing more is read from it
+        if self.on_unreadable is not None and socket is not None:
+            await self.on_unreadable(socket.sid, "a frame engine.io cannot read")
+        return await self._end()
+
+    async def _end(self) -> None:
+        """End engine.io's reading as when the client closes (None). A cut
+        connection's frames that aiohttp had read ahead (64 KB and more:
+        thousands in a flood) are dropped first. aiohttp's request objects
+        hold one another in a cycle, so left there they would wait for a
+        full garbage collection: with 100 sheds in 6 s, a pause of 100-150 ms
+        of the whole instance every second or so (seen with
+        ``gc.callbacks``). Not an exception either: engine.io would keep it,
+        and its traceback the loop's frame, one more cycle. (During an
+        upgrade from polling, engine.io takes only an OSError.)"""
+        if self._transport is None or self._transport.is_closing():
+            while (await self._sock.receive()).type not in _LAST_MESSAGES:
+                pass
+        if self.socket is not None and not self.socket.upgraded:
+            raise OSError("the websocket upgrade was refused")
+        return None
+
     def write_now(self, encoded: str) -> bool:
         """Write engine.io packet ``encoded`` as one frame now, if the
-        connection can take it: upgraded (engine.io sends on the websocket
-        only once the client confirmed the upgrade), open, and not holding
-        ``WRITE_BUFFER_LIMIT`` bytes already. False: it was not written."""
+        connection can take it: uncompressed (a compressing one gets its
+        frames from engine.io's writer), upgraded (engine.io sends on the
+        websocket only once the client confirmed the upgrade), open, and not
+        holding ``WRITE_BUFFER_LIMIT`` bytes already. False: it was not written."""
         transport = self._transport
         socket = self.socket
         if (
-            transport is None
+            self.compress
+            or transport is None
             or socket is None
             or not socket.upgraded
             or socket.closing
@@ -113,9 +193,53 @@ class WebSocket(engineio_aiohttp.WebSocket):
             self._transport.abort()
 
 
-def websocket_class(compress: bool) -> type[WebSocket]:
-    """A ``WebSocket`` subclass fixed to ``compress`` (engine.io makes one per connection)."""
-    return type("WebSocket", (WebSocket,), {"compress": compress})
+def websocket_class(compress: bool, on_unreadable: OnUnreadable) -> type[WebSocket]:
+    """A ``WebSocket`` subclass fixed to ``compress`` and ``on_unreadable``
+    (engine.io makes one per connection)."""
+    return type(
+        "WebSocket", (WebSocket,), {"compress": compress, "on_unreadable": staticmethod(on_unreadable)}
+    )
+
+
+def cut(socket: Any) -> bool:
+    """Cut engine.io socket ``socket``'s websocket connection at once, as
+    for a client that stopped reading; False if it has none open (it polls)."""
+    queue = getattr(socket, "queue", None)
+    websocket = queue.websocket if isinstance(queue, SocketQueue) else None
+    if websocket is None:
+        return False
+    websocket.abort()
+    return True
+
+
+class _Body:
+    """A request body read already, as engine.io reads ``wsgi.input``."""
+
+    def __init__(self, data: bytes):
+        self.data = data
+
+    async def read(self, length: int = -1) -> bytes:
+        return self.data if length < 0 else self.data[:length]
+
+
+def checked_translate_request(on_unreadable: OnUnreadable) -> Callable[[web.Request], Awaitable[dict]]:
+    """engine.io's ``translate_request`` for aiohttp, which also reads a
+    polling POST (a socket's packets; at most the app's ``client_max_size``)
+    and tries it with engine.io's decoder: one it cannot read goes to
+    ``on_unreadable``, and engine.io gets an empty body instead."""
+
+    async def translate_request(request: web.Request) -> dict:
+        environ = engineio_aiohttp.translate_request(request)
+        sid = request.query.get("sid")
+        if request.method == "POST" and sid is not None:
+            body = await request.read()
+            if not readable_payload(body):
+                await on_unreadable(sid, "a polling request engine.io cannot read")
+                body = b""
+            environ["wsgi.input"] = _Body(body)
+        return environ
+
+    return translate_request
 
 
 class SocketQueue:

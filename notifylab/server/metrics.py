@@ -43,6 +43,16 @@ class Metrics:
             "New connections answered 503 before the upgrade: too many sockets being taken in at once",
             registry=r,
         )
+        self.connects_flooded = Counter(
+            "notifylab_connects_flooded",
+            "New connections answered 429 before the upgrade: their address opened sockets too fast",
+            registry=r,
+        )
+        self.sockets_shed = Counter(
+            "notifylab_sockets_shed",
+            "Sockets disconnected for what their client sent (unreadable packets, floods of refused events)",
+            registry=r,
+        )
         self.bus_received = Counter(
             "notifylab_bus_messages_received", "Messages this instance's queue delivered to it", registry=r
         )

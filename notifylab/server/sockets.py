@@ -30,10 +30,11 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from .. import codec
 from ..errors import BadRequest, NotifylabError, ServiceUnavailable, Unauthorized
 from ..ids import ZERO, is_id
+from ..logbudget import LogBudget
 from ..protocol import COOKIE
 from ..store.operations import Operation
 from ..store.sessions import Session
-from . import admission, engine
+from . import admission, engine, flood
 from .services import Services
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,20 @@ OUTAGE = (RedisConnectionError, RedisTimeoutError, OSError, AMQPError)
 # What python-socketio raises on a packet it cannot read (invalid or too
 # deeply nested JSON, a packet of the wrong shape).
 MALFORMED = (ValueError, TypeError, IndexError, KeyError, AttributeError, RecursionError)
+
+# Events refused for being no event of ours (an unknown name, a name that is
+# not a string, a reserved one) a socket may send: a burst of REFUSALS_BURST,
+# then REFUSALS_PER_SECOND. Each is answered, but a socket sending them in
+# thousands is probing or broken, and is shed. No client of ours sends any;
+# the burst leaves room for a client newer than the server, and for
+# tests/test_fuzz_sockets.py's few hundred on one socket.
+REFUSALS_BURST = 500
+REFUSALS_PER_SECOND = 50
+# Binary attachments one Socket.IO packet may announce. python-socketio holds
+# every frame after such a packet as one of its attachments until their
+# number is reached, so an announced billion would have it keep every frame
+# the client sends. Ours carry none; a client's bytes values are one each.
+ATTACHMENTS_MAX = 256
 
 # A client event's handler: (user, data) -> the fields of its ack.
 EventHandler = Callable[[str, dict], Awaitable[dict]]
@@ -83,18 +98,72 @@ class Server(socketio.AsyncServer):
     - a packet it cannot decode (an integer of over 100 digits, which
       engine.io's JSON refuses, or JSON nested past the recursion limit): it
       would log a traceback and ignore the packet, the client waiting for an
-      ack that never comes; the socket is disconnected instead, with one line
-      in the log.
+      ack that never comes; the socket is shed instead (:meth:`shed`), and
+      so is one whose frames engine.io itself cannot read (``engine.py``).
+    - a packet announcing more than ``ATTACHMENTS_MAX`` binary attachments,
+      or attachments past the size limit together: python-socketio would
+      hold every later frame as one. Shed too.
+
+    And a socket sending events that are refused as none of ours faster
+    than ``REFUSALS_BURST`` / ``REFUSALS_PER_SECOND`` is shed. What a client
+    does wrong is logged within a budget (``logbudget.py``): a few lines per
+    10 seconds, then a count of those left out, however many clients do it.
 
     Its engine.io is made lighter per socket (``engine.py``): no websocket
     compression unless ``ws_compression``, and a smaller packet queue.
+    ``proxies`` are the trusted proxies, to name a client's address in the log.
     """
 
-    def __init__(self, *args: Any, ws_compression: bool = False, **kwargs: Any):
+    def __init__(
+        self, *args: Any, ws_compression: bool = False, proxies: tuple[str, ...] = (), **kwargs: Any
+    ):
         super().__init__(*args, **kwargs)
         # A copy: engine.io's driver table is one dict shared by every server in the process.
-        self.eio._async = {**self.eio._async, "websocket": engine.websocket_class(ws_compression)}
+        self.eio._async = {
+            **self.eio._async,
+            "websocket": engine.websocket_class(ws_compression, on_unreadable=self.shed),
+            "translate_request": engine.checked_translate_request(on_unreadable=self.shed),
+        }
         self.eio.create_queue = engine.SocketQueue  # each socket's outgoing packets
+        self.proxies = proxies
+        self.on_shed: Callable[[], object] | None = None  # called for each socket shed (a metric)
+        self._refusals = flood.TokenBuckets(REFUSALS_PER_SECOND, REFUSALS_BURST)  # by socket id
+        self._refusals_log = LogBudget(log)
+        self._shed_log = LogBudget(log)  # apart: a flood of refusals must not hide who was shed
+
+    async def shed(self, eio_sid: str, why: str) -> None:
+        """Disconnect engine.io connection ``eio_sid`` for what its client
+        sent (``why``), with one WARNING naming it and its address (within
+        the log's budget). A websocket is cut at once, as a slow client is,
+        so that nothing more it sends is read; its client reconnects as
+        after any drop. Nothing if it is gone or going already."""
+        socket = self.eio.sockets.get(eio_sid)
+        if socket is None or socket.closing or socket.closed:
+            return
+        environ = self.environ.get(eio_sid) or {}
+        request = environ.get("aiohttp.request")
+        address = flood.peer_address(request, self.proxies) if request is not None else "?"
+        self._shed_log.warning("connection %s from %s sent %s; disconnecting it", eio_sid, address, why)
+        if self.on_shed is not None:
+            self.on_shed()
+        cut = engine.cut(socket)
+        # What engine.io's disconnect() does, without waiting for the client
+        # to take the CLOSE packet (one that never reads would hold this
+        # forever): the Socket.IO disconnect handlers run now, a polling
+        # socket is told (a cut websocket cannot be), and the socket is
+        # forgotten, so that its next request is refused as of no session.
+        await socket.close(wait=False, abort=cut, reason=self.eio.reason.SERVER_DISCONNECT)
+        self.eio.sockets.pop(eio_sid, None)
+
+    async def refused(self, sid: str, message: str, *args: object) -> None:
+        """Note that an event of socket ``sid`` was refused as none of ours:
+        ``message % args`` is logged within the budget, and a socket past
+        its allowance of refusals is shed."""
+        self._refusals_log.warning(message, *args)
+        if self._refusals.take(sid):
+            eio_sid = self.manager.eio_sid_from_sid(sid, "/")
+            if eio_sid is not None:
+                await self.shed(eio_sid, f"events refused faster than {REFUSALS_PER_SECOND} a second")
 
     def emit_now(self, event: str, data: Any, room: str) -> int:
         """``emit(event, data, room=room, ignore_queue=True)`` for the feed's
@@ -133,22 +202,34 @@ class Server(socketio.AsyncServer):
     async def _trigger_event(self, event: Any, namespace: str, *args: Any) -> Any:
         if isinstance(event, str) and event != "*":
             return await super()._trigger_event(event, namespace, *args)
-        log.info("socket %s sent an event named %.40r; refused", args[0] if args else "?", event)
+        sid = args[0] if args else "?"
+        await self.refused(sid, "socket %s sent an event named %.40r; refused", sid, event)
         return {"ok": False, "error": "an event's name must be a string naming an event"}
 
     async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
         try:
+            self._check_attachment(eio_sid, data)
             await super()._handle_eio_message(eio_sid, data)
+            self._check_announced(eio_sid)
         except MALFORMED as exc:
-            if eio_sid not in self.eio.sockets:  # the rest of a packet from a connection dropped already
-                return
-            log.warning(
-                "connection %s sent a packet that cannot be read (%s: %.80s); disconnecting it",
-                eio_sid,
-                type(exc).__name__,
-                exc,
-            )
-            await self.eio.disconnect(eio_sid)
+            await self.shed(eio_sid, f"a packet that cannot be read ({type(exc).__name__}: {str(exc)[:80]})")
+
+    def _check_attachment(self, eio_sid: str, data: Any) -> None:
+        """ValueError if ``data``, the next attachment of a binary packet,
+        takes its attachments past the size limit."""
+        pending = self._binary_packet.get(eio_sid)
+        if pending is not None:
+            held = sum(map(len, pending.attachments)) + len(data)
+            if held > self.eio.max_http_buffer_size:
+                raise ValueError(f"binary attachments of over {self.eio.max_http_buffer_size} bytes")
+
+    def _check_announced(self, eio_sid: str) -> None:
+        """ValueError if the binary packet just read announced more than
+        ``ATTACHMENTS_MAX`` attachments (it is dropped)."""
+        pending = self._binary_packet.get(eio_sid)
+        if pending is not None and pending.attachment_count > ATTACHMENTS_MAX:
+            del self._binary_packet[eio_sid]
+            raise ValueError(f"a packet announcing {pending.attachment_count} binary attachments")
 
 
 class SocketHandlers:
@@ -156,7 +237,7 @@ class SocketHandlers:
     ``connect`` and ``disconnect`` for a socket's lifetime, and one method a
     client event (``operation:start`` is :meth:`operation_start`)."""
 
-    def __init__(self, sio: socketio.AsyncServer, services: Services):
+    def __init__(self, sio: Server, services: Services):
         self.sio = sio
         self.services = services
         self._welcomes: set[asyncio.Task] = set()  # strong references until each finishes
@@ -186,9 +267,9 @@ class SocketHandlers:
         unreachable); otherwise record it and welcome it (in a task: see
         :meth:`_welcome`)."""
         if sid in self._live:  # a client event named "connect" on a live socket
-            return _reserved("connect", sid)
+            return await self._reserved("connect", sid)
         if extra:  # only a client event can bring more arguments, and this sid is not connected
-            return _reserved("connect", sid)
+            return await self._reserved("connect", sid)
         environ = environ if isinstance(environ, dict) else {}
         try:
             session, last_id, transport = await self._session_for(sid, environ, auth)
@@ -304,7 +385,7 @@ class SocketHandlers:
         sending an event named "disconnect": refused, and it stays in place
         (presence, feed, room) for revocation to find."""
         if self.sio.manager.is_connected(sid, "/"):
-            return _reserved("disconnect", sid)
+            return await self._reserved("disconnect", sid)
         live = self._live.pop(sid, None)
         if live is None:  # refused at connect, or gone already
             return None
@@ -374,8 +455,12 @@ class SocketHandlers:
 
     async def unknown_event(self, event: str, sid: str, *args: Any) -> dict:
         """Every event without a handler (``connect_error`` included): refused."""
-        log.info("socket %s sent unknown event %.40r", sid, event)
+        await self.sio.refused(sid, "socket %s sent unknown event %.40r", sid, event)
         return {"ok": False, "error": f"unknown event {str(event)[:40]!r}"}
+
+    async def _reserved(self, event: str, sid: str) -> dict:
+        await self.sio.refused(sid, "socket %s sent the reserved event %r; refused", sid, event)
+        return {"ok": False, "error": f"{event!r} is reserved for the Socket.IO lifecycle"}
 
     async def operation_start(self, user: str, data: dict) -> dict:
         op = await self.services.start_operation(user, data.get("kind"), data.get("params"))
@@ -397,11 +482,6 @@ class SocketHandlers:
             "notifications": await self.services.inbox.after(user, after),
             "unread": await self.services.inbox.unread(user),
         }
-
-
-def _reserved(event: str, sid: str) -> dict:
-    log.warning("socket %s sent the reserved event %r; refused", sid, event)
-    return {"ok": False, "error": f"{event!r} is reserved for the Socket.IO lifecycle"}
 
 
 def _brief(exc: BaseException) -> str:
