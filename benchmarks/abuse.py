@@ -6,7 +6,7 @@
 Two instances, A and B, and one worker. An honest user has a session on
 each (ann on A, bob on B), and each runs operations back to back: a
 ``report`` of 100 steps of 0.02 s, about 50 notifications a second, from
-the worker through the bus to the instance. Then four phases of
+the worker through the bus to the instance. Then five phases of
 ``--seconds`` each:
 
 1. quiet: nobody else;
@@ -19,7 +19,11 @@ the worker through the bus to the instance. Then four phases of
    address; A has the per-address limit on (its default: 20 a second after
    a burst of 200), so most get a 429;
 4. the same connect flood at B, which has the limit off (0): what the limit
-   saves.
+   saves;
+5. a user's sockets stop reading at A: four websockets of a third user that
+   never read a frame (frozen tabs) while that user is sent SLOW_RATE
+   notifications a second of about 6 KB through the publish API; A cuts
+   each once it holds ``engine.QUEUE_LIMIT`` packets for it.
 
 The abusers come from addresses of their own (X-Forwarded-For, with
 127.0.0.1 trusted as the proxy), the honest sessions from 127.0.0.1.
@@ -57,6 +61,8 @@ import psutil
 from notifylab.config import Settings
 from notifylab.lab import Client, ClientError, Lab, LabProcess, verdict
 from notifylab.lab.cluster import remove_prefix
+from notifylab.lab.publisher import Publisher
+from notifylab.protocol import COOKIE
 
 PASSWORD = "benchmark password"
 WS = "/socket.io/?EIO=4&transport=websocket"
@@ -64,6 +70,9 @@ STEPS, STEP_SECONDS = 100, 0.02  # one operation: about 50 notifications a secon
 MALFORMED_SOCKETS = 4
 FLOOD_LOOPS = 64
 PACKETS_PER_SOCKET = 10_000
+SLOW_SOCKETS = 4
+SLOW_RATE = 400  # notifications a second published to the slow reader's user, about 6 KB each
+API_KEY = "abuse-" + uuid.uuid4().hex
 
 # What the malformed abuser sends, one kind per connection in turn (as in tests/test_abuse.py).
 JUNK = [
@@ -169,7 +178,38 @@ async def connect_flood(url: str, token: str, seconds: float, address: str) -> d
     return counts
 
 
-ABUSERS = {"malformed": malformed, "connect-flood": connect_flood}
+async def slow_reader(url: str, token: str, seconds: float, address: str) -> dict[str, int]:
+    """SLOW_SOCKETS websockets of a user who is sent many notifications
+    (by the benchmark, meanwhile), none of which ever reads a frame: a frozen
+    tab. What the server holds for them is bounded (engine.QUEUE_LIMIT): it
+    cuts each once its queue is full. Counted at the end: those cut."""
+    headers = {"X-Forwarded-For": address}
+    async with aiohttp.ClientSession() as http:
+        sockets = [await _connect(http, url, token, headers) for _ in range(SLOW_SOCKETS)]
+        async with http.get(f"{url}/api/me", headers={"Cookie": f"{COOKIE}={token}"}) as response:
+            user = (await response.json())["user"]["username"]
+        published = await feed(url, user, seconds)  # meanwhile, reading nothing
+        cut = 0
+        for ws in sockets:
+            # Reading now drains what the kernel held; a cut connection ends in a close or an error.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5):
+                    while (await ws.receive()).type not in (
+                        aiohttp.WSMsgType.CLOSE,
+                        aiohttp.WSMsgType.CLOSED,
+                        aiohttp.WSMsgType.ERROR,
+                    ):
+                        pass
+                    cut += 1
+            await ws.close()
+    return {
+        "sockets that never read": SLOW_SOCKETS,
+        "cut by the server": cut,
+        "notifications sent them": published,
+    }
+
+
+ABUSERS = {"malformed": malformed, "connect-flood": connect_flood, "slow-reader": slow_reader}
 
 
 # -- the honest users --------------------------------------------------------------------------
@@ -222,11 +262,35 @@ def cpu_seconds(proc: psutil.Process) -> float:
     return times.user + times.system
 
 
+async def feed(url: str, user: str, seconds: float) -> int:
+    """Publish SLOW_RATE notifications a second to ``user`` for ``seconds``
+    (the slow reader's user): what its sockets are sent and do not read. In
+    the abuser's process, so that the honest clients' loop is not the one
+    doing it."""
+    sent = 0
+    data = {"blob": "x" * 6000}
+    async with Publisher(url) as publisher:  # the key from $NOTIFYLAB_API_KEY
+        started = time.monotonic()
+        while (elapsed := time.monotonic() - started) < seconds:
+            due = int(elapsed * SLOW_RATE) - sent
+            if due > 0:
+                await asyncio.gather(
+                    *(
+                        publisher.publish(user, "bench.slow", "for a tab that never reads", data=data)
+                        for _ in range(due)
+                    )
+                )
+                sent += due
+            await asyncio.sleep(0.01)
+    return sent
+
+
 async def run_abuser(kind: str, url: str, token: str, seconds: float, address: str) -> dict[str, int]:
     """This script as a process of its own, doing ``kind``; what it counted."""
     proc = await asyncio.create_subprocess_exec(
         *(sys.executable, __file__, "--abuse", kind, url, token, str(seconds), address),
         stdout=asyncio.subprocess.PIPE,
+        env={**os.environ, "NOTIFYLAB_API_KEY": API_KEY},  # the slow reader publishes to its own user
     )
     out, _ = await asyncio.wait_for(proc.communicate(), seconds + 60)
     if proc.returncode or not out:
@@ -256,6 +320,8 @@ async def run(seconds: float, log_dir: Path, prefix: str) -> tuple[list[Phase], 
         "NOTIFYLAB_TRUSTED_PROXIES": "127.0.0.1",  # the abusers' X-Forwarded-For is believed
         "NOTIFYLAB_LOGIN_ATTEMPTS": "100",
         "NOTIFYLAB_INBOX_MAX": "20000",  # the verdict judges the whole run against the streams
+        "NOTIFYLAB_API_KEY": API_KEY,  # the slow reader's notifications come through the publish API
+        "NOTIFYLAB_PUBLISH_RATE": "0",
     }
     limit_on = str(Settings().address_connect_rate)  # the default a deployment runs with
     lab_a = Lab({**common, "NOTIFYLAB_ADDRESS_CONNECT_RATE": limit_on}, log_dir=log_dir / "a")
@@ -286,6 +352,7 @@ async def run(seconds: float, log_dir: Path, prefix: str) -> tuple[list[Phase], 
                 Phase("malformed packets at A", "malformed", "A"),
                 Phase("connect flood at A (limit on)", "connect-flood", "A"),
                 Phase("connect flood at B (limit off)", "connect-flood", "B"),
+                Phase("sockets that stop reading at A", "slow-reader", "A"),
             ]
             processes = {name: psutil.Process(proc.pid) for name, proc in servers.items()}
             for number, phase in enumerate(phases):

@@ -1,6 +1,6 @@
 """CPU per notification on one server instance, piece by piece.
 
-    python benchmarks/cost.py [--users 100] [--count 4000] [--rate 500]
+    python benchmarks/cost.py [--users 100] [--count 4000] [--rate 500] [--per-call 10]
                               [--config LABEL[:TREE][:ENV=VALUE,...]] ...
 
 The ladder (``ladder.py``) measures the whole system at once, on a machine
@@ -16,7 +16,8 @@ This one isolates the server instance's own cost, at a rate it keeps up with:
    and published on the bus by this process (what a worker does), paced at
    ``--rate`` per second, round robin over the users; the instance receives
    each from its queue and emits it to the user's two sockets;
-4. ``publish``: the same count through ``POST /api/publish``, 10 users a call:
+4. ``publish``: the same count through ``POST /api/publish``, 10 users a call
+   (``--per-call``):
    the instance also validates, appends and publishes them.
 
 For 3 and 4: the instance's CPU (user + system, psutil) from the first send
@@ -197,10 +198,11 @@ async def measure(label: str, tree: str | None, env: dict[str, str], args, prefi
                 await publish_notification(bus, note)
                 return user
 
+            per_call = args.per_call
             async with aiohttp.ClientSession() as http:
 
                 async def by_publish(i: int) -> None:
-                    names = [users[(i * PER_CALL + k) % len(users)][0] for k in range(PER_CALL)]
+                    names = [users[(i * per_call + k) % len(users)][0] for k in range(per_call)]
                     body = {"users": names, "type": "bench.cost", "title": f"n{i}", "body": "x" * 60}
                     headers = {"Authorization": f"Bearer {API_KEY}"}
                     async with http.post(f"{server.url}/api/publish", json=body, headers=headers) as r:
@@ -209,13 +211,13 @@ async def measure(label: str, tree: str | None, env: dict[str, str], args, prefi
 
                 for path, send, calls in (
                     ("bus", by_bus, args.count),
-                    ("publish", by_publish, args.count // PER_CALL),
+                    ("publish", by_publish, args.count // per_call),
                 ):
                     await sockets.command("reset")
                     lasts = {j: await inbox.last_id(name) for j, (name, _) in enumerate(users)}
                     spy = _profile(server.pid, label, path, args.count / args.rate) if args.profile else None
                     t0, c0, s0 = time.monotonic(), cpu_seconds(server.pid), system_seconds(server.pid)
-                    await paced(calls, args.rate / (1 if path == "bus" else PER_CALL), send)
+                    await paced(calls, args.rate / (1 if path == "bus" else per_call), send)
                     per_socket = -(-args.count // len(users))
                     got = await sockets.settled(per_socket)
                     wall, cpu = time.monotonic() - t0, cpu_seconds(server.pid) - c0
@@ -387,6 +389,7 @@ async def main() -> None:
     parser.add_argument("--users", type=int, default=100)
     parser.add_argument("--count", type=int, default=4000, help="notifications per path")
     parser.add_argument("--rate", type=float, default=500, help="notifications per second offered")
+    parser.add_argument("--per-call", type=int, default=PER_CALL, help="users named by one publish call")
     parser.add_argument(
         "--repeat", type=int, default=1, help="measure every config this many times, interleaved"
     )
