@@ -92,9 +92,9 @@ async def main() -> None:
             print(f"{i:>6} {trips:>12} {commands:>9} {ms:>12.1f}  {names}")
     finally:
         await runner.cleanup()
-        import redis.asyncio as aioredis
+        from notifylab.redisurl import make_client
 
-        client = aioredis.from_url(settings.redis_url)
+        client = make_client(settings.redis_url)
         keys = [k async for k in client.scan_iter(match=f"{prefix}:*")]
         if keys:
             await client.delete(*keys)

@@ -45,7 +45,6 @@ from pathlib import Path
 
 import aiohttp
 import psutil
-import redis.asyncio as aioredis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from routing import remove
@@ -54,6 +53,7 @@ from scale import Loadgen, machine
 from notifylab.config import Settings
 from notifylab.lab import Lab
 from notifylab.protocol import COOKIE
+from notifylab.redisurl import make_client
 
 HERE = Path(__file__).resolve().parent
 PASSWORD = "benchmark password"
@@ -108,7 +108,7 @@ class Run:
     ):
         self.mode, self.prefix, self.users, self.urls, self.lab = mode, prefix, users, urls, lab
         self.per_publish = per_publish  # users named by one publish call
-        self.redis = aioredis.from_url(Settings(prefix=prefix).redis_url, decode_responses=True)
+        self.redis = make_client(Settings(prefix=prefix).redis_url, decode_responses=True)
         self.settings = Settings(prefix=prefix)
         self.loadgen: Loadgen | None = None
 

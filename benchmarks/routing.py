@@ -34,12 +34,12 @@ from urllib.parse import quote, unquote, urlsplit
 
 import aio_pika
 import aiohttp
-import redis.asyncio as aioredis
 
 from notifylab.config import Settings
 from notifylab.lab import Lab, LabProcess
 from notifylab.lab.client import Client
 from notifylab.lab.cluster import remove_prefix
+from notifylab.redisurl import make_client as redis_client
 
 PASSWORD = "benchmark password"
 STEP_SECONDS = 0.01  # the smallest step a report accepts
@@ -266,7 +266,7 @@ async def _fanout_queues(settings: Settings) -> list[str]:
     """The server-named queues python-socketio's fanout manager bound to our
     exchange. AMQP cannot list them, so ask the management API (if it is
     there); else they expire by themselves 5 minutes after their instance."""
-    url = urlsplit(settings.broker_url)
+    url = urlsplit(settings.broker_urls[0])
     vhost = quote(url.path[1:] or "/", safe="")
     api = (
         f"http://{url.hostname or '127.0.0.1'}:15672/api/exchanges/{vhost}/{quote(settings.fanout_exchange)}"
@@ -298,7 +298,7 @@ async def remove(prefix: str, instance_ids: list[str]) -> None:
 
 async def check_services() -> None:
     settings = Settings()
-    client = aioredis.from_url(settings.redis_url)
+    client = redis_client(settings.redis_url)
     try:
         async with asyncio.timeout(5):
             await client.ping()
@@ -309,7 +309,7 @@ async def check_services() -> None:
     finally:
         await client.aclose()
     try:
-        connection = await aio_pika.connect(settings.broker_url, timeout=5)
+        connection = await aio_pika.connect(settings.broker_urls[0], timeout=5)
         await connection.close()
     except Exception as exc:
         raise SystemExit(

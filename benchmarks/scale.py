@@ -65,12 +65,12 @@ from pathlib import Path
 import aio_pika
 import aiohttp
 import psutil
-import redis.asyncio as aioredis
 
 from notifylab.config import Settings
 from notifylab.lab import Lab
 from notifylab.lab.processes import LAB_DEFAULTS, free_port
 from notifylab.protocol import COOKIE
+from notifylab.redisurl import make_client
 
 HERE = Path(__file__).resolve().parent
 PASSWORD = "benchmark password"
@@ -407,14 +407,14 @@ class Target:
 
 async def cleanup(prefix: str) -> None:
     settings = Settings()
-    client = aioredis.from_url(settings.redis_url)
+    client = make_client(settings.redis_url)
     try:
         keys = [k async for k in client.scan_iter(match=f"{prefix}:*")]
         for i in range(0, len(keys), 500):
             await client.delete(*keys[i : i + 500])
     finally:
         await client.aclose()
-    connection = await aio_pika.connect(settings.broker_url)
+    connection = await aio_pika.connect(settings.broker_urls[0])
     async with connection:
         for queue in (f"{prefix}.jobs", f"{prefix}.jobs.dead"):
             channel = await connection.channel()

@@ -42,6 +42,8 @@ class Settings:
     settings never leaks it.
     """
 
+    # One RabbitMQ URL, or the nodes of one cluster separated by commas: a
+    # process then fails over between them (broker_urls, bus/broker.py).
     broker_url: str = "amqp://guest:guest@127.0.0.1:5672/"
     redis_url: str = "redis://127.0.0.1:6379/0"
     host: str = "127.0.0.1"
@@ -56,6 +58,10 @@ class Settings:
     log_level: str = "INFO"
     worker_concurrency: int = 2
     max_attempts: int = 3
+    # The jobs queue's type: "classic" (one node's, with priorities: fair
+    # between users) or "quorum" (replicated over a cluster, so it survives
+    # a node; no priorities). See bus/jobs.py.
+    jobs_queue_type: str = "classic"
     session_ttl: int = 7 * 24 * 3600
     cookie_secure: bool = False
     inbox_max: int = 1000
@@ -87,6 +93,12 @@ class Settings:
     # smaller than its concurrency needs (see store/connect.py).
     redis_pool_size: int = 64
     redis_pool_wait: int = 20
+    # Replicas that must confirm (Redis WAIT) each write a client is told is
+    # done (an operation's step, a publish) before it is acknowledged or sent
+    # on; each WAIT waits up to redis_wait_ms. 0: off, as a single Redis has
+    # no replica (store/replication.py; docs/architecture.md, "Redis with Sentinel").
+    redis_wait_replicas: int = 0
+    redis_wait_ms: int = 500
     # permessage-deflate on websockets. Off: our frames are small JSON, and
     # each compressing socket keeps a zlib state, about 90 KB of an idle
     # socket's 122 KB (server/engine.py, benchmarks/README.md).
@@ -122,6 +134,7 @@ class Settings:
         "log_level": "NOTIFYLAB_LOG_LEVEL",
         "worker_concurrency": "NOTIFYLAB_WORKER_CONCURRENCY",
         "max_attempts": "NOTIFYLAB_MAX_ATTEMPTS",
+        "jobs_queue_type": "NOTIFYLAB_JOBS_QUEUE",
         "session_ttl": "NOTIFYLAB_SESSION_TTL",
         "cookie_secure": "NOTIFYLAB_COOKIE_SECURE",
         "inbox_max": "NOTIFYLAB_INBOX_MAX",
@@ -136,6 +149,8 @@ class Settings:
         "idempotency_seconds": "NOTIFYLAB_IDEMPOTENCY_SECONDS",
         "redis_pool_size": "NOTIFYLAB_REDIS_POOL_SIZE",
         "redis_pool_wait": "NOTIFYLAB_REDIS_POOL_WAIT",
+        "redis_wait_replicas": "NOTIFYLAB_REDIS_WAIT_REPLICAS",
+        "redis_wait_ms": "NOTIFYLAB_REDIS_WAIT_MS",
         "ws_compression": "NOTIFYLAB_WS_COMPRESSION",
         "event_loop": "NOTIFYLAB_EVENT_LOOP",
         "max_connecting": "NOTIFYLAB_MAX_CONNECTING",
@@ -148,6 +163,14 @@ class Settings:
             raise ConfigError(f"NOTIFYLAB_ROUTING must be 'topic' or 'fanout', not {self.routing!r}")
         if self.event_loop not in {"uvloop", "asyncio"}:
             raise ConfigError(f"NOTIFYLAB_EVENT_LOOP must be 'uvloop' or 'asyncio', not {self.event_loop!r}")
+        if self.jobs_queue_type not in {"classic", "quorum"}:
+            raise ConfigError(
+                f"NOTIFYLAB_JOBS_QUEUE must be 'classic' or 'quorum', not {self.jobs_queue_type!r}"
+            )
+        if not self.broker_urls or (len(self.broker_urls) > 1 and self.memory):
+            raise ConfigError(
+                "NOTIFYLAB_BROKER_URL must be memory://, or one or more RabbitMQ URLs separated by commas"
+            )
         if self.max_connecting < 0:
             raise ConfigError(
                 f"NOTIFYLAB_MAX_CONNECTING must be 0 (no limit) or more, not {self.max_connecting}"
@@ -156,6 +179,10 @@ class Settings:
             raise ConfigError(
                 "NOTIFYLAB_ADDRESS_CONNECT_RATE must be 0 (no limit) or more, "
                 f"not {self.address_connect_rate}"
+            )
+        if self.redis_wait_replicas < 0:
+            raise ConfigError(
+                f"NOTIFYLAB_REDIS_WAIT_REPLICAS must be 0 (off) or more, not {self.redis_wait_replicas}"
             )
         if self.publish_rate < 0:
             raise ConfigError(f"NOTIFYLAB_PUBLISH_RATE must be 0 (no limit) or more, not {self.publish_rate}")
@@ -170,6 +197,7 @@ class Settings:
             "session_check_seconds",
             "redis_pool_size",
             "redis_pool_wait",
+            "redis_wait_ms",  # WAIT with 0 ms would wait for ever
             "address_connect_burst",
             "idempotency_seconds",
         )
@@ -194,6 +222,12 @@ class Settings:
     def origins(self) -> tuple[str, ...]:
         """``allowed_origins`` as a tuple, without trailing slashes."""
         return tuple(o.strip().rstrip("/") for o in self.allowed_origins.split(",") if o.strip())
+
+    @property
+    def broker_urls(self) -> tuple[str, ...]:
+        """``broker_url`` as a tuple: one URL, or every node of a RabbitMQ
+        cluster that a process may connect to (in the order given)."""
+        return tuple(u.strip() for u in self.broker_url.split(",") if u.strip())
 
     @property
     def api_keys(self) -> tuple[str, ...]:

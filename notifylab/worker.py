@@ -31,6 +31,11 @@ from .store.operations import TERMINAL, Operation, Operations, TransitionRefused
 log = logging.getLogger(__name__)
 CANCEL_POLL_SECONDS = 0.2  # how often a running step checks whether it was cancelled
 RETRY_PAUSE_SECONDS = 1.0  # pause before requeueing while a service is down, not to spin
+# With NOTIFYLAB_REDIS_WAIT_REPLICAS, how long a step written on the primary
+# waits for a replica to confirm it (store/replication.py). After a failover
+# the new primary has no replica until one (re)joins; requeueing meanwhile
+# would cost an attempt per pickup, so the worker holds its job and waits.
+REPLICA_PATIENCE_SECONDS = 30.0
 
 
 class SimulatedBug(Exception):
@@ -48,7 +53,9 @@ class Worker:
         self.jobs = jobs
         self.emitter = emitter
         self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
-        self.operations = Operations(redis, settings, Inbox(redis, settings))
+        self.operations = Operations(
+            redis, settings, Inbox(redis, settings), patience=REPLICA_PATIENCE_SECONDS
+        )
 
     async def start(self) -> None:
         await self.jobs.consume(self.handle, self.settings.worker_concurrency)

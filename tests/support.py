@@ -27,11 +27,12 @@ from pathlib import Path
 import aio_pika
 import psutil
 import pytest
-import redis.asyncio as aioredis
 
 from notifylab.config import Settings
-from notifylab.lab import Lab, free_port
+from notifylab.lab import Lab
 from notifylab.lab.cluster import remove_prefix
+from notifylab.lab.redis_sentinel import RedisServer
+from notifylab.redisurl import make_client
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -54,7 +55,7 @@ def new_username() -> str:
 
 
 async def check_services() -> None:
-    client = aioredis.from_url(REDIS)
+    client = make_client(REDIS)
     try:
         async with asyncio.timeout(5):
             await client.ping()
@@ -93,59 +94,24 @@ def servers(lab: Lab) -> list[str]:
 # --- a Redis of the test's own -----------------------------------------------------------------
 
 
-class PrivateRedis:
+class PrivateRedis(RedisServer):
     """A ``redis-server`` on a free port of 127.0.0.1, for a test to kill (an
-    outage) and start again. It keeps nothing on disk, unless ``keep_data``:
-    then an append-only file written at every command, so that it comes back
-    with its data, like a production one."""
+    outage, :meth:`kill`) and start again (:meth:`start`: same port, same
+    folder). It keeps nothing on disk, unless ``keep_data``: then an
+    append-only file written at every command, so that it comes back with
+    its data, like a production one. The process itself is the lab's
+    :class:`RedisServer` (``notifylab/lab/redis_sentinel.py``)."""
 
     def __init__(self, folder: Path, keep_data: bool = False):
-        self.folder = folder
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        persistence = (
-            ["--appendonly", "yes", "--appendfsync", "always"] if keep_data else ["--appendonly", "no"]
-        )
-        self.args = [
-            *("--port", str(self.port), "--bind", "127.0.0.1", "--save", ""),
-            *persistence,
-            *("--dir", str(folder), "--logfile", str(folder / "redis.log")),
-        ]
-        self.process: asyncio.subprocess.Process | None = None
+        persistence = ["appendonly yes", "appendfsync always"] if keep_data else ["appendonly no"]
+        super().__init__(folder, ['save ""', *persistence])
 
     async def start(self, timeout: float = 10.0) -> None:
-        """Start it (again: same port, same folder) and wait until it answers PING."""
-        binary = shutil.which("redis-server")
-        if binary is None:
-            pytest.fail("redis-server is not installed (see README)", pytrace=False)
-        self.process = await asyncio.create_subprocess_exec(
-            binary, *self.args, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL
-        )
-        client = aioredis.from_url(self.url)
+        """Start it and wait until it answers PING; a failure fails the test."""
         try:
-            async with asyncio.timeout(timeout):
-                while True:
-                    if self.process.returncode is not None:
-                        pytest.fail(f"redis-server exited ({self.process.returncode}):\n{self.log()}")
-                    try:
-                        await client.ping()
-                        return
-                    except (OSError, aioredis.ConnectionError):
-                        await asyncio.sleep(0.05)
-        except TimeoutError:
-            pytest.fail(f"redis-server did not answer PING in {timeout:.0f} s:\n{self.log()}")
-        finally:
-            await client.aclose()
-
-    async def kill(self) -> None:
-        """SIGKILL, as in a crash (nothing if it is not running)."""
-        if self.process is not None and self.process.returncode is None:
-            self.process.kill()
-            await self.process.wait()
-
-    def log(self) -> str:
-        path = self.folder / "redis.log"
-        return path.read_text(errors="replace")[-3000:] if path.exists() else "(no log)"
+            await super().start(timeout)
+        except RuntimeError as exc:
+            pytest.fail(str(exc), pytrace=False)
 
 
 @contextlib.asynccontextmanager

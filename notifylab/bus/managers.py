@@ -156,7 +156,7 @@ class _TopicTransport(AsyncPubSubManager):
         """Connect for publishing now, so a bad URL fails at start-up."""
         async with self._publish_lock:
             if self._publisher is None:
-                self._publisher = await connect_broker(self.settings.broker_url)
+                self._publisher = await connect_broker(self.settings.broker_urls)
                 channel = await self._publisher.channel()  # publisher confirms are on by default
                 await channel.declare_exchange(self.channel, aio_pika.ExchangeType.TOPIC, durable=True)
                 self._publish_channel = channel
@@ -169,7 +169,7 @@ class _TopicTransport(AsyncPubSubManager):
     async def start_listener(self) -> None:
         """Declare this instance's queue and start consuming it. Called at
         start-up (python-socketio would wait for the first socket)."""
-        self._listener = await connect_broker(self.settings.broker_url)
+        self._listener = await connect_broker(self.settings.broker_urls)
         channel = self._channel = await self._listener.channel()
         await channel.set_qos(prefetch_count=LISTEN_PREFETCH)
         self._listen_exchange = await channel.declare_exchange(
@@ -181,6 +181,12 @@ class _TopicTransport(AsyncPubSubManager):
         await channel.queue_delete(name)
         # Not exclusive, so a short disconnect keeps the queue and what it
         # holds; it expires a minute after its instance is gone for good.
+        # Not durable, and a classic queue: it lives on the node we are
+        # connected to, and goes when that node dies. That is fine: it is
+        # this instance's alone, and everything it held is in the streams.
+        # After failing over to another node, aio-pika declares it there
+        # again with its bindings, we consume it again (_reopened), and the
+        # feed reads the streams past its cursors (_reconnected).
         self._queue = await channel.declare_queue(name, arguments={"x-expires": 60_000})
         await self._queue.bind(self._listen_exchange, "control.#")
         await self._consume()
@@ -357,9 +363,8 @@ class FanoutManager(DeliveryHook, socketio.AsyncAioPikaManager):
     event), kept as the comparison mode ``NOTIFYLAB_ROUTING=fanout``."""
 
     def __init__(self, settings: Settings, write_only: bool = False, logger: Any = None):
-        super().__init__(
-            url=settings.broker_url, channel=settings.fanout_exchange, write_only=write_only, logger=logger
-        )
+        url = settings.broker_urls[0]  # unused: _connection() below connects
+        super().__init__(url=url, channel=settings.fanout_exchange, write_only=write_only, logger=logger)
         self.settings = settings
         self.on_reconnect = []
 
@@ -368,11 +373,16 @@ class FanoutManager(DeliveryHook, socketio.AsyncAioPikaManager):
         # before publisher_exchange: an emit in between publishes to None,
         # retries once and drops the message (the benchmark saw 36 of 1696
         # lost). Connecting fully here, before any emit, closes that window.
-        connection = await connect_broker(self.settings.broker_url)
+        connection = await self._connection()
         channel = await self._channel(connection)
         self.publisher_exchange = await self._exchange(channel)
         self.publisher_channel = channel
         self.publisher_connection = connection
+
+    async def _connection(self) -> aio_pika.abc.AbstractRobustConnection:
+        # The stock manager connects to its one URL; ours fails over between
+        # every URL of NOTIFYLAB_BROKER_URL, for its publisher and its listener.
+        return await connect_broker(self.settings.broker_urls)
 
     async def start_listener(self) -> None:
         pass  # the stock manager connects its listener itself, in _listen()

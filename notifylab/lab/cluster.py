@@ -31,9 +31,10 @@ from typing import Any
 
 import aio_pika
 import aiohttp
-import redis.asyncio as aioredis
 
+from ..bus.broker import connect_plain
 from ..config import Settings
+from ..redisurl import make_client
 from .client import Client, ClientError
 from .processes import Lab, LabProcess, free_port
 
@@ -158,7 +159,7 @@ class Cluster:
     async def job_consumers(self) -> int:
         """How many workers consume the jobs queue right now (exact, from
         RabbitMQ itself: a passive declare, not the 5 s-old statistics)."""
-        connection = await aio_pika.connect(self.settings.broker_url, timeout=5)
+        connection = await connect_plain(self.settings.broker_urls)
         async with connection:
             channel = await connection.channel()
             try:
@@ -250,14 +251,14 @@ async def remove_prefix(settings: Settings, queues: Iterable[str] = ()) -> None:
     """Delete every Redis key under ``settings.prefix``, the jobs and dead
     queues, ``queues`` (e.g. the instances' own) and the prefix's exchanges.
     The lessons, the tests and the benchmark clean up with it."""
-    redis = aioredis.from_url(settings.redis_url)
+    redis = make_client(settings.redis_url)
     try:
         keys = [k async for k in redis.scan_iter(match=f"{settings.prefix}:*")]
         if keys:
             await redis.delete(*keys)
     finally:
         await redis.aclose()
-    connection = await aio_pika.connect(settings.broker_url, timeout=5)
+    connection = await connect_plain(settings.broker_urls)
     async with connection:
         for queue in (settings.jobs_queue, settings.dead_queue, *queues):
             channel = await connection.channel()  # a failed delete closes its channel

@@ -23,13 +23,13 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeout
 
 from ..config import Settings, redact
 from ..ids import ZERO
 from ..protocol import is_inbox_item, is_live
+from ..redisurl import make_client
 from .tables import Check, Table, _short, wait_until
 
 TIMEOUT = 5.0  # seconds for any one command: a notebook cell must never hang
@@ -42,7 +42,8 @@ class RedisView:
     def __init__(self, prefix: str = "notifylab", redis_url: str = "redis://127.0.0.1:6379/0"):
         # Settings derives every key from the prefix, exactly as servers do.
         self.names = Settings(prefix=prefix, redis_url=redis_url)
-        self.redis = aioredis.from_url(
+        # A redis:// or a redis+sentinel:// URL (redisurl.py), as the servers take.
+        self.redis = make_client(
             redis_url, decode_responses=True, socket_connect_timeout=TIMEOUT, socket_timeout=TIMEOUT
         )
         self._last = ""  # the last answer, for wait_until's timeout message

@@ -15,7 +15,7 @@ from typing import Any, NoReturn
 
 from aiohttp import web
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..config import PACKAGE_DIR, Settings
@@ -82,7 +82,9 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         # in a storm): nothing to answer, and not an error of ours.
         log.info("%s %s: the client closed the connection", request.method, request.path)
         return web.Response(status=499)
-    except (RedisConnectionError, RedisTimeoutError) as exc:
+    except (RedisConnectionError, RedisTimeoutError, ReadOnlyError) as exc:
+        # ReadOnlyError: a server that a failover made a replica, still
+        # reached through a plain redis:// URL (redis+sentinel:// moves on).
         log.warning("%s %s -> 503 Redis unreachable: %s", request.method, request.path, exc)
         return web.json_response(
             {"error": "the store is unreachable: retry in a moment"},

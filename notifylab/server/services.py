@@ -34,6 +34,7 @@ from ..store.inbox import AppendedBefore, Inbox, KeysMissing, Once
 from ..store.operations import TERMINAL, Operation, Operations, TransitionRefused
 from ..store.presence import Presence
 from ..store.ratelimit import RateLimit
+from ..store.replication import NotReplicated
 from ..store.sessions import Session, Sessions
 from .feed import Feed
 from .metrics import Metrics
@@ -198,7 +199,19 @@ class Services:
         """Validate, record, notify and queue a new operation. TooManyRequests
         (429) if the user already has ``max_active_operations`` active ones."""
         checked = get_kind(kind).validate(params)
-        op, note = await self.operations.create(user, str(kind), checked)
+        try:
+            op, note = await self.operations.create(user, str(kind), checked)
+        except NotReplicated as exc:
+            # Recorded on the primary, not confirmed by a replica: refused (503),
+            # but its job is queued all the same, so that it runs if the record
+            # survives instead of staying "queued" for ever (a worker drops the
+            # job of a record that is gone).
+            if exc.subject is not None:
+                try:
+                    await self.jobs.publish({"operation": exc.subject}, priority=job_priority(0))
+                except Exception as broker:
+                    log.error("could not queue unconfirmed operation %s: %s", exc.subject, broker)
+            raise
         await publish_notification(self.sio, note)
         # Fewer active operations of this user, sooner a worker takes it: see bus/jobs.py.
         # A hint, so a count a moment old is good enough.

@@ -26,6 +26,7 @@ from .. import codec
 from ..config import Settings
 from ..ids import ZERO, id_after
 from ..protocol import BusNotification, Notification, is_inbox_item
+from .replication import Replication
 
 ENTRY_FIELD = "n"  # a stream entry is one field: the notification as JSON
 ITEMS_PAGE = 200  # entries read per round trip when looking back for inbox items
@@ -43,7 +44,12 @@ local once = ARGV[4] ~= ''
 local required_end = #KEYS
 if once then
   local done = redis.call('GET', KEYS[#KEYS])
-  if done then return {'done', done} end
+  if done then
+    -- Written again, unchanged: a write of this call's own, so that a WAIT
+    -- after it confirms the first call's appends (store/replication.py).
+    redis.call('SET', KEYS[#KEYS], done, 'KEEPTTL')
+    return {'done', done}
+  end
   required_end = #KEYS - 1
 end
 local missing = {'missing'}
@@ -97,11 +103,15 @@ class AppendedBefore(Exception):
 
 class Inbox:
     """``<prefix>:inbox:<user>`` (the stream) and ``<prefix>:read:<user>``
-    (the id up to which the user has read)."""
+    (the id up to which the user has read).
 
-    def __init__(self, redis: Redis, settings: Settings):
+    ``patience``: how long an append waits for replicas to confirm it, when
+    they must (see ``store/replication.py``), before it is refused."""
+
+    def __init__(self, redis: Redis, settings: Settings, patience: float = 0.0):
         self.redis = redis
         self.settings = settings
+        self.replication = Replication(redis, settings, patience)
         self._append_script = redis.register_script(APPEND_SCRIPT)
 
     def key(self, user: str) -> str:
@@ -143,10 +153,15 @@ class Inbox:
         between the two.
 
         ``once``: see :class:`Once`. The record is written in the same script
-        as the appends, so no crash can leave one without the other."""
+        as the appends, so no crash can leave one without the other.
+
+        With replicas required (``NOTIFYLAB_REDIS_WAIT_REPLICAS``), it returns
+        (or raises :class:`AppendedBefore`) only once they confirmed the
+        appends; else :class:`~.replication.NotReplicated`."""
         values = [codec.dumpb(note) for note in notifications]
         mark = [once.key] if once else []
-        reply = await self._append_script(
+        reply = await self.replication.run(
+            self._append_script,
             keys=[*(self.key(user) for user in users), *required, *mark],
             args=[
                 len(users),
@@ -156,6 +171,7 @@ class Inbox:
                 once.seconds if once else 0,
                 *values,
             ],
+            confirm_when=("ok", "done"),
         )
         if reply[0] == "done":
             fingerprint, *ids = reply[1].split(" ")

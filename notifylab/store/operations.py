@@ -36,6 +36,7 @@ from ..errors import TooManyRequests
 from ..ids import ZERO, now_ms
 from ..protocol import BusNotification
 from .inbox import Inbox
+from .replication import NotReplicated, Replication
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
 ACTIVE = {"queued", "running", "restarted"}
@@ -130,10 +131,15 @@ return {'ok', prev, id}
 
 
 class Operations:
-    def __init__(self, redis: Redis, settings: Settings, inbox: Inbox):
+    """Operation records. ``patience``: how long a write waits for replicas
+    to confirm it, when they must (``store/replication.py``), before it is
+    refused with NotReplicated: a worker waits, a request handler does not."""
+
+    def __init__(self, redis: Redis, settings: Settings, inbox: Inbox, patience: float = 0.0):
         self.redis = redis
         self.settings = settings
         self.inbox = inbox
+        self.replication = Replication(redis, settings, patience)
         self._write_script = redis.register_script(WRITE_SCRIPT)
 
     def record_key(self, op_id: str) -> str:
@@ -170,7 +176,8 @@ class Operations:
         """Record a new queued operation; returns it and its 'queued' notification.
 
         Raises TooManyRequests if the user already has ``max_active_operations``
-        active operations."""
+        active operations; NotReplicated (its ``subject`` the operation's id)
+        if replicas must confirm it and did not: it is recorded on the primary."""
         cap = self.settings.max_active_operations
         op = Operation(
             secrets.token_hex(8),
@@ -182,7 +189,11 @@ class Operations:
             version=1,
         )
         note = _notification("operation.queued", op)
-        outcome, appended = await self._write(op, None, note, active="add", cap=cap, index=op.created)
+        try:
+            outcome, appended = await self._write(op, None, note, active="add", cap=cap, index=op.created)
+        except NotReplicated as exc:
+            exc.subject = op.id  # the caller may still queue its job: see services.start_operation
+            raise
         if outcome == "full":
             raise TooManyRequests(f"at most {cap} active operations; wait for one to end or cancel one")
         if appended is None:  # a fresh random id that exists already: not a race we can lose
@@ -237,10 +248,13 @@ class Operations:
         index: int | None = None,
     ) -> tuple[str, BusNotification | None]:
         """Run WRITE_SCRIPT: write ``op`` if its record is at version
-        ``expected`` (None: if it does not exist), and append ``note``."""
+        ``expected`` (None: if it does not exist), and append ``note``.
+        A write replicas must confirm returns once they did, or raises
+        NotReplicated (``store/replication.py``)."""
         fields = [item for pair in op.to_redis().items() for item in pair]
         stream_key, maxlen, field_name, value = self.inbox.entry(op.user, note)
-        reply = await self._write_script(
+        reply = await self.replication.run(
+            self._write_script,
             keys=[self.record_key(op.id), self._active_key(op.user), self.index_key(op.user), stream_key],
             args=[
                 "" if expected is None else expected,
