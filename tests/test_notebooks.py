@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
-LESSONS = [f"{n:02d}" for n in range(9)]
+LESSONS = [f"{n:02d}" for n in range(10)]
 
 
 def cells(path: Path) -> list[dict]:
