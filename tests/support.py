@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import re
 import shutil
@@ -21,7 +22,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import aio_pika
@@ -30,8 +31,10 @@ import pytest
 
 from notifylab.config import Settings
 from notifylab.lab import Lab
+from notifylab.lab.client import Client
 from notifylab.lab.cluster import remove_prefix
 from notifylab.lab.redis_sentinel import RedisServer
+from notifylab.lab.verdict import Verdict
 from notifylab.redisurl import make_client
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,7 +44,8 @@ REDIS = Settings().redis_url
 PASSWORD = "correct horse battery"
 
 PREFIXES: list[str] = []  # every prefix this run made, removed at its end
-CHAOS_ROWS: list[dict] = []  # one per fault tried under load (test_chaos.py), printed at the end
+CHAOS_ROWS: list[dict] = []  # one per fault tried under load (test_chaos.py...), printed at the end
+Pairs = list[tuple[Client, Client]]  # a user's session on instance a, and on b
 
 
 def new_prefix() -> str:
@@ -290,3 +294,58 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
+
+
+# -- load for the fault tests (test_chaos, test_ha_broker, test_ha_redis) ------
+
+
+async def users_running_operations(
+    lab: Lab, clients: Callable[..., Awaitable[Client]], users: int, steps: int, step_seconds: float
+) -> tuple[Pairs, list[str]]:
+    """``users`` users, a session of each on a and on b, each running an
+    operation; returns once every session has seen a few of its notifications."""
+    url_a, url_b = servers(lab)
+    pairs = []
+    for _ in range(users):
+        first = await clients(url_a)
+        pairs.append((first, await clients(url_b, user=first.user)))
+    ops = [(await first.start("train", steps=steps, step_seconds=step_seconds))["id"] for first, _ in pairs]
+    for (_, second), op_id in zip(pairs, ops, strict=True):
+        await second.wait_for(lambda s=second, o=op_id: len(s.of_operation(o)) >= 5, 30)
+    return pairs, ops
+
+
+def longest_silence(client: Client) -> float:
+    """The longest time between two notifications this session received:
+    how long delivery paused for it."""
+    times = sorted(n["received"] for n in client.notifications if "received" in n)
+    return max((b - a for a, b in itertools.pairwise(times)), default=0) / 1000
+
+
+def add_chaos_row(
+    fault: str,
+    done: str,
+    rate: float,
+    judged: Verdict,
+    finals: list[dict],
+    restarted: int,
+    pause: float,
+    resumed: float,
+) -> None:
+    """One row of the table of faults tried under load (printed at the end)."""
+    succeeded = sum(f["type"] == "operation.succeeded" for f in finals)
+    CHAOS_ROWS.append(
+        {
+            "fault": fault,
+            "done": done,
+            "load (notifications/s)": round(rate),
+            "delivered": sum(v.received for v in judged),
+            "lost": sum(v.lost for v in judged),
+            "duplicated": sum(v.duplicated for v in judged),
+            "reordered": sum(v.out_of_order for v in judged),
+            "operations": f"{succeeded}/{len(finals)} succeeded"
+            + (f", {restarted} restarted" if restarted else ""),
+            "longest pause (s)": round(pause, 2),
+            "delivery resumed (s after undone)": round(resumed, 2),
+        }
+    )

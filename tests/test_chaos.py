@@ -17,7 +17,6 @@ with the other fault tests (slow client, abuse, restarts when idle).
 from __future__ import annotations
 
 import asyncio
-import itertools
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -28,7 +27,7 @@ import pytest
 from notifylab.lab import Lab
 from notifylab.lab.client import Client
 from notifylab.lab.verdict import verdict
-from support import CHAOS_ROWS, PrivateRedis, private_redis, servers
+from support import PrivateRedis, add_chaos_row, longest_silence, private_redis, users_running_operations
 
 pytestmark = pytest.mark.chaos
 
@@ -62,33 +61,11 @@ class Load:
             any(n["type"] == "operation.restarted" for n in first.of_operation(op_id))
             for (first, _), op_id in zip(self.pairs, self.operations, strict=True)
         )
-        pause = max(_longest_silence(client) for client in sessions)
+        pause = max(longest_silence(client) for client in sessions)
         resumed = max(_resumed_after(client, over_at) for client in sessions)
-        succeeded = sum(f["type"] == "operation.succeeded" for f in finals)
-        CHAOS_ROWS.append(
-            {
-                "fault": fault,
-                "done": done,
-                "load (notifications/s)": round(self.rate),
-                "delivered": sum(v.received for v in judged),
-                "lost": sum(v.lost for v in judged),
-                "duplicated": sum(v.duplicated for v in judged),
-                "reordered": sum(v.out_of_order for v in judged),
-                "operations": f"{succeeded}/{len(finals)} succeeded"
-                + (f", {restarted} restarted" if restarted else ""),
-                "longest pause (s)": round(pause, 2),
-                "delivery resumed (s after undone)": round(resumed, 2),
-            }
-        )
+        add_chaos_row(fault, done, self.rate, judged, finals, restarted, pause, resumed)
         judged.assert_clean()
         assert all(f["type"] == "operation.succeeded" for f in finals), [f["type"] for f in finals]
-
-
-def _longest_silence(client: Client) -> float:
-    """The longest time between two notifications this session received
-    while its operation ran: how long delivery paused for it."""
-    times = sorted(n["received"] for n in client.notifications if "received" in n)
-    return max((b - a for a, b in itertools.pairwise(times)), default=0) / 1000
 
 
 def _resumed_after(client: Client, over_at: float) -> float:
@@ -98,17 +75,7 @@ def _resumed_after(client: Client, over_at: float) -> float:
 
 
 async def load(lab: Lab, clients: Callable[..., Awaitable[Client]]) -> Load:
-    """USERS users, a session of each on a and on b, each running an operation;
-    returns once every session has seen a few of its notifications."""
-    url_a, url_b = servers(lab)
-    pairs = []
-    for _ in range(USERS):
-        first = await clients(url_a)
-        pairs.append((first, await clients(url_b, user=first.user)))
-    ops = [(await first.start("train", steps=STEPS, step_seconds=STEP_SECONDS))["id"] for first, _ in pairs]
-    for (_, second), op_id in zip(pairs, ops, strict=True):
-        await second.wait_for(lambda s=second, o=op_id: len(s.of_operation(o)) >= 5, 30)
-    return Load(pairs, ops)
+    return Load(*await users_running_operations(lab, clients, USERS, STEPS, STEP_SECONDS))
 
 
 async def run(*command: str) -> None:

@@ -46,7 +46,7 @@ from notifylab.lab.client import Client
 from notifylab.lab.rabbit_cluster import RabbitCluster, RabbitNode
 from notifylab.lab.tables import wait_until
 from notifylab.lab.verdict import verdict
-from support import BROKER, CHAOS_ROWS, new_prefix, servers
+from support import BROKER, add_chaos_row, longest_silence, new_prefix, servers
 
 pytestmark = pytest.mark.ha
 
@@ -227,32 +227,19 @@ class Load:
             for pair, op_id in zip(self.pairs, self.running, strict=True)
             for client in pair
         )
-        restarted = len(self.restarted)
-        succeeded = sum(f["type"] == "operation.succeeded" for f in finals)
-        CHAOS_ROWS.append(
-            {
-                "fault": fault,
-                "done": "SIGKILL of the node's beam.smp; 'resumed' counts from the kill",
-                "load (notifications/s)": round(len(self.pairs) / STEP_SECONDS),
-                "delivered": sum(v.received for v in judged),
-                "lost": sum(v.lost for v in judged),
-                "duplicated": sum(v.duplicated for v in judged),
-                "reordered": sum(v.out_of_order for v in judged),
-                "operations": f"{succeeded}/{len(finals)} succeeded"
-                + (f", {restarted} restarted" if restarted else ""),
-                "longest pause (s)": round(max(_longest_silence(c) for c in self.sessions), 2),
-                "delivery resumed (s after undone)": round(pause, 2),
-            }
+        add_chaos_row(
+            fault,
+            "SIGKILL of the node's beam.smp; 'resumed' counts from the kill",
+            len(self.pairs) / STEP_SECONDS,
+            judged,
+            finals,
+            len(self.restarted),
+            max(longest_silence(c) for c in self.sessions),
+            pause,
         )
         judged.assert_clean()
         assert all(f["type"] == "operation.succeeded" for f in finals), [f["type"] for f in finals]
         assert pause < RESUME_LIMIT, f"delivery paused {pause:.2f} s after the kill"
-
-
-def _longest_silence(client: Client) -> float:
-    """The longest time between two notifications this session received."""
-    times = sorted(n["received"] for n in client.notifications if "received" in n)
-    return max((b - a for a, b in itertools.pairwise(times)), default=0) / 1000
 
 
 def _pause_after(client: Client, op_id: str, killed_at: float) -> float:

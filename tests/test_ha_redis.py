@@ -30,7 +30,7 @@ import itertools
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -40,14 +40,14 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from notifylab.config import ConfigError, Settings, redact
 from notifylab.ids import id_after
 from notifylab.lab import Lab, free_port
-from notifylab.lab.client import Client, ClientError
+from notifylab.lab.client import ClientError
 from notifylab.lab.redis_sentinel import RedisServer, SentinelGroup, ask
-from notifylab.lab.verdict import verdict
+from notifylab.lab.verdict import stream_after, verdict
 from notifylab.redisurl import BlockingSentinelPool, SentinelRedis, make_client, parse_sentinel_url
 from notifylab.store.connect import connect_redis
 from notifylab.store.inbox import Inbox
 from notifylab.store.replication import NotReplicated
-from support import new_prefix, servers, two_instances_and_a_worker
+from support import new_prefix, servers, two_instances_and_a_worker, users_running_operations
 
 pytestmark = pytest.mark.ha
 
@@ -279,35 +279,6 @@ class Publishing:
         raise AssertionError("unreachable")
 
 
-Pairs = list[tuple[Client, Client]]  # a user's session on a, and on b
-
-
-async def load(lab: Lab, clients: Callable[..., Awaitable[Client]]) -> tuple[Pairs, list[str]]:
-    """USERS users, a session of each on a and on b, each running an
-    operation; returns once every session has seen a few of its notifications."""
-    url_a, url_b = servers(lab)
-    pairs = []
-    for _ in range(USERS):
-        first = await clients(url_a)
-        pairs.append((first, await clients(url_b, user=first.user)))
-    ops = [(await first.start("train", steps=STEPS, step_seconds=STEP_SECONDS))["id"] for first, _ in pairs]
-    for (_, second), op_id in zip(pairs, ops, strict=True):
-        await second.wait_for(lambda s=second, o=op_id: len(s.of_operation(o)) >= 5, 30)
-    return pairs, ops
-
-
-async def stream_of(client: Client) -> list[str]:
-    """Every id in the client's user's stream after its baseline (paged, REST)."""
-    ids: list[str] = []
-    after = client.baseline
-    while True:
-        page = (await client.inbox(after=after, limit=1000))["notifications"]
-        ids += [n["id"] for n in page]
-        if len(page) < 1000:
-            return ids
-        after = page[-1]["id"]
-
-
 def _ms(notification_id: str) -> int:
     """When the primary wrote it: a stream id is ``<milliseconds>-<sequence>``."""
     return int(notification_id.split("-")[0])
@@ -334,7 +305,7 @@ FAULTS = {
 @pytest.mark.parametrize("fault", list(FAULTS))
 async def test_the_primary_lost_under_load(lab, healthy, clients, fault):
     group = healthy
-    pairs, ops = await load(lab, clients)
+    pairs, ops = await users_running_operations(lab, clients, USERS, STEPS, STEP_SECONDS)
     publisher = Publishing(servers(lab), [first.user for first, _ in pairs])
     publisher.start()
     epoch = await group.failovers()
@@ -365,7 +336,7 @@ async def test_the_primary_lost_under_load(lab, healthy, clients, fault):
     finals = [await first.wait_operation(op_id, 90) for (first, _), op_id in zip(pairs, ops, strict=True)]
     sessions = [client for pair in pairs for client in pair]
     judged = await verdict(*sessions, timeout=30)
-    streams = {first.user: set(await stream_of(first)) for first, _ in pairs}
+    streams = {first.user: set(await stream_after(first, first.baseline)) for first, _ in pairs}
 
     pubs = publisher.done
     acked = [p for p in pubs if p.acked]

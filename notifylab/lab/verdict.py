@@ -85,7 +85,7 @@ async def _judge(client: Client, timeout: float) -> SessionVerdict:
     baseline = client.baseline
     if baseline is None:
         raise ValueError("this client never connected: there is nothing to judge")
-    expected = await _stream_after(client, baseline)
+    expected = await stream_after(client, baseline)
     if expected:  # let the session catch up with the newest, bounded
         newest = expected[-1]
         try:
@@ -109,7 +109,7 @@ async def _judge(client: Client, timeout: float) -> SessionVerdict:
     )
 
 
-async def _stream_after(client: Client, after: str) -> list[str]:
+async def stream_after(client: Client, after: str) -> list[str]:
     """Every id in the user's stream after ``after``, oldest first (paged)."""
     ids: list[str] = []
     while True:
@@ -128,4 +128,4 @@ def _percentile(values: list[int], pct: int) -> float | None:
     return float(statistics.quantiles(values, n=100, method="inclusive")[pct - 1])
 
 
-__all__ = ["SessionVerdict", "Verdict", "verdict"]
+__all__ = ["SessionVerdict", "Verdict", "stream_after", "verdict"]
