@@ -31,7 +31,7 @@ from aiohttp import web
 
 from ..logbudget import LogBudget
 from .admission import new_connection
-from .http import address_of
+from .http import peer_address
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +41,6 @@ log = logging.getLogger(__name__)
 # until there are twice as many as the last one kept, so that sweeping costs
 # a constant time per bucket made, however many addresses are busy.
 SWEEP_AT = 10_000
-
-
-def peer_address(request: web.Request, proxies: tuple[str, ...]) -> str:
-    """The address ``request`` is counted against (see :func:`http.address_of`)."""
-    return address_of(request.remote, request.headers.getall("X-Forwarded-For", []), proxies)
 
 
 class TokenBuckets:

@@ -134,11 +134,12 @@ def _allowed_origins(request: web.Request) -> set[str]:
 
 def client_address(request: web.Request) -> str:
     """The address failed logins are counted against (see :func:`address_of`)."""
-    return address_of(
-        request.remote,
-        request.headers.getall("X-Forwarded-For", []),
-        services(request).settings.proxies,
-    )
+    return peer_address(request, services(request).settings.proxies)
+
+
+def peer_address(request: web.Request, proxies: tuple[str, ...]) -> str:
+    """The address ``request`` is counted against, trusting ``proxies`` (see :func:`address_of`)."""
+    return address_of(request.remote, request.headers.getall("X-Forwarded-For", []), proxies)
 
 
 def address_of(peer: str | None, forwarded: list[str], proxies: tuple[str, ...]) -> str:
