@@ -164,6 +164,16 @@ class RedisServer:
                 f"redis-server on {self.port} did not answer PING in {timeout:.0f} s:\n{self.log()}"
             ) from None
 
+    def replicate(self, host: str, port: int) -> None:
+        """Make its configuration file say it replicates ``host:port`` (for
+        its next start), in place of what it said it replicated before."""
+        lines = [
+            line
+            for line in self.config_file.read_text().splitlines()
+            if not line.startswith(("replicaof ", "slaveof "))
+        ]
+        self.config_file.write_text("\n".join([*lines, f"replicaof {host} {port}"]) + "\n")
+
     async def kill(self) -> None:
         """SIGKILL, as in a crash: nothing is saved, no client is told."""
         if self.process is not None and self.process.returncode is None:
@@ -391,12 +401,17 @@ class SentinelGroup:
         file says so too), as an orchestrator would; it then copies the
         primary's data (:meth:`wait_replicas` waits for that). Never restart
         an empty primary *before* the failover: it would stay the primary,
-        and the replicas would copy its emptiness."""
-        await node.start()
+        and the replicas would copy its emptiness.
+
+        Its configuration is told before it starts, not just after: a
+        Sentinel that caught it answering INFO as a primary in between would
+        hold that for 10 s (the next look), and a planned failover within
+        them saw that Sentinel turn the newly promoted replica back, as a
+        "primary" of old (CI, the switchover right after a crash)."""
         host, port = await self.primary_address()
         if port != node.port:
-            await ask(node.port, "REPLICAOF", host, str(port))
-            await ask(node.port, "CONFIG", "REWRITE")
+            await asyncio.to_thread(node.replicate, host, port)
+        await node.start()
 
     async def wait_replicas(self, count: int | None = None, timeout: float = 20.0) -> None:
         """Wait until the primary has ``count`` replicas (default: all the
