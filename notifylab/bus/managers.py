@@ -25,7 +25,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aio_pika
-import aiormq
 import socketio
 from socketio.async_pubsub_manager import AsyncPubSubManager
 
@@ -35,12 +34,11 @@ from ..ids import now_ms
 from ..logbudget import LogBudget
 from ..protocol import BusNotification, check_bus_notification, user_room
 from .broker import close_broker, connect_broker, publish_raw
+from .consumer import Consumer
 
 log = logging.getLogger(__name__)
 
-LISTEN_PREFETCH = 1024
-ACK_EVERY = 256  # messages acknowledged at once at most (below the prefetch, or the broker would wait)
-ACK_DELAY = 0.02  # seconds an ack waits for more messages to cover
+LISTEN_PREFETCH = 1024  # messages the broker sends an instance before its acks
 
 # One budget for the process: a broken publisher floods every manager alike.
 _malformed_log = LogBudget(log)
@@ -148,8 +146,7 @@ class _TopicTransport(AsyncPubSubManager):
         # Control messages (emits to one socket, disconnects) go the way
         # python-socketio handles them: its listener task reads them here.
         self._control: asyncio.Queue[dict] = asyncio.Queue()
-        self._arrived: list[bytes] = []  # bodies received since the last drain
-        self._acks = Acks()
+        self._consumer: Consumer | None = None
         self.on_reconnect: list[Callable[[], Awaitable[None]]] = []  # run after the listener reconnects
 
     async def start_publisher(self) -> None:
@@ -171,7 +168,6 @@ class _TopicTransport(AsyncPubSubManager):
         start-up (python-socketio would wait for the first socket)."""
         self._listener = await connect_broker(self.settings.broker_urls)
         channel = self._channel = await self._listener.channel()
-        await channel.set_qos(prefetch_count=LISTEN_PREFETCH)
         self._listen_exchange = await channel.declare_exchange(
             self.channel, aio_pika.ExchangeType.TOPIC, durable=True
         )
@@ -185,45 +181,29 @@ class _TopicTransport(AsyncPubSubManager):
         # connected to, and goes when that node dies. That is fine: it is
         # this instance's alone, and everything it held is in the streams.
         # After failing over to another node, aio-pika declares it there
-        # again with its bindings, we consume it again (_reopened), and the
-        # feed reads the streams past its cursors (_reconnected).
+        # again with its bindings, our consumer consumes it there again
+        # (consumer.py), and the feed reads the streams past its cursors
+        # (_reconnected).
         self._queue = await channel.declare_queue(name, arguments={"x-expires": 60_000})
         await self._queue.bind(self._listen_exchange, "control.#")
-        await self._consume()
-        # aio-pika restores the channel, the queue and its bindings after a
-        # reconnect; our consumer is below it, so it is ours to restore.
-        channel.reopen_callbacks.add(self._reopened)
-        self._listener.reconnect_callbacks.add(self._reconnected)
+        listener = self._listener
+        # Consume where the listener is (its node holds the queue), following it when it fails over.
+        self._consumer = Consumer(
+            lambda: str(getattr(listener, "url", "")), name, LISTEN_PREFETCH, self._drain
+        )
+        await self._consumer.start()
+        listener.reconnect_callbacks.add(self._reconnected)
         self._ready.set()
-
-    async def _consume(self) -> None:
-        assert self._channel is not None and self._queue is not None
-        raw = await self._channel.get_underlay_channel()
-        self._acks.channel = raw
-        await raw.basic_consume(self._queue.name, self._arrive)
-
-    async def _reopened(self, _channel: Any) -> None:
-        await self._consume()
 
     async def _reconnected(self, _connection: Any) -> None:
         log.warning("reconnected to RabbitMQ; catching up from the inbox streams")
         for callback in self.on_reconnect:
             await callback()
 
-    async def _arrive(self, message: aiormq.abc.DeliveredMessage) -> None:
-        """aiormq's consumer callback: one task per message, run in order (it
-        awaits nothing). Collect, and drain once this loop turn's messages
-        are in."""
-        if not self._arrived:
-            asyncio.get_running_loop().call_soon(self._drain)
-        self._arrived.append(message.body)
-        self._acks.received(message.delivery_tag or 0)
-
-    def _drain(self) -> None:
-        """Everything that arrived since the last drain, handled as one batch:
-        notifications to ``deliver`` (the feed), in bus order; the rest to
-        python-socketio's listener."""
-        bodies, self._arrived = self._arrived, []
+    def _drain(self, bodies: list[bytes]) -> None:
+        """What one read from the broker brought (``consumer.py``), handled
+        as one batch: notifications to ``deliver`` (the feed), in bus order;
+        the rest to python-socketio's listener."""
         notes: list[BusNotification] = []
         received = 0
         for body in bodies:
@@ -257,7 +237,6 @@ class _TopicTransport(AsyncPubSubManager):
             else:  # nobody took delivery over: python-socketio emits them itself
                 for note in notes:
                     self._control.put_nowait(emit_message(note))
-        self._acks.handled()
 
     async def _listen(self) -> AsyncIterator[Any]:
         while True:
@@ -274,63 +253,10 @@ class _TopicTransport(AsyncPubSubManager):
             await self._queue.unbind(self._listen_exchange, key)
 
     async def close(self) -> None:
-        self._acks.close()
+        if self._consumer is not None:
+            await self._consumer.close()
         for connection in (self._listener, self._publisher):
             await close_broker(connection)
-
-
-class Acks:
-    """Acknowledging an instance queue's messages, many at a time.
-
-    One ``basic.ack`` with "multiple" covers every message up to its tag. At
-    a low rate each message arrives alone, so acking after each drain would
-    still be a frame per message (a tenth of the bus path's CPU, measured):
-    the ack waits up to ``ACK_DELAY`` for more to cover, or goes at once once
-    ``ACK_EVERY`` are waiting, well below the prefetch so the broker never
-    stalls. Delaying an ack delays nothing a socket sees. Handled messages
-    not yet acked when the connection drops come again after it reconnects:
-    the feed drops them as duplicates (rule 2)."""
-
-    def __init__(self) -> None:
-        self.channel: aiormq.abc.AbstractChannel | None = None
-        self._last = 0  # the newest tag received
-        self._waiting = 0  # handled, not yet acked
-        self._timer: asyncio.TimerHandle | None = None
-        self._tasks: set[asyncio.Task] = set()
-
-    def received(self, tag: int) -> None:
-        self._last = tag
-        self._waiting += 1
-
-    def handled(self) -> None:
-        if self._waiting >= ACK_EVERY:
-            self._send()
-        elif self._timer is None and self._waiting:
-            self._timer = asyncio.get_running_loop().call_later(ACK_DELAY, self._send)
-
-    def _send(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        channel, tag = self.channel, self._last
-        self._waiting = 0
-        if channel is None or tag == 0:
-            return
-        task = asyncio.get_running_loop().create_task(self._ack(channel, tag))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    @staticmethod
-    async def _ack(channel: aiormq.abc.AbstractChannel, tag: int) -> None:
-        try:
-            await channel.basic_ack(tag, multiple=True)
-        except Exception:  # the channel it came on is gone; nothing to ack
-            pass
-
-    def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
 
 
 def emit_message(note: BusNotification, host_id: str | None = None) -> dict:
