@@ -1,6 +1,7 @@
 """CPU per notification on one server instance, piece by piece.
 
     python benchmarks/cost.py [--users 100] [--count 4000] [--rate 500] [--per-call 10]
+                              [--floor] [--floor-node] [--repeat 1] [--profile]
                               [--config LABEL[:TREE][:ENV=VALUE,...]] ...
 
 The ladder (``ladder.py``) measures the whole system at once, on a machine
@@ -32,6 +33,18 @@ add /tmp/notifylab-base <commit>``: code before and after a change, compared
 in one run; run this from outside a checkout, as ``python -m`` puts the
 current directory first); ``:ENV=VALUE,...`` sets settings (for example
 ``NOTIFYLAB_WS_COMPRESSION=true``).
+
+The floors are the bus path on a server with nothing of notifylab's, the
+same users and sockets, the notifications published by python-socketio's
+own write-only manager (``socketio.AsyncAioPikaManager``, JSON on a fanout
+exchange) rather than appended and published as a worker does: what the
+stack alone costs. ``--floor`` is ``bare_server.py --exchange``,
+python-socketio with its stock RabbitMQ manager; ``--floor-node`` is
+``node_relay.mjs``, the seed's stack: a Node socket.io server and an
+amqplib consumer of the same exchange emitting to rooms (``cd benchmarks &&
+npm ci`` installs it). Each is a row (``floor``, ``node``) of every round;
+the medians give every row's ratio to the first config and, on the bus
+path, to ``floor``.
 """
 
 from __future__ import annotations
@@ -69,6 +82,20 @@ HERE = Path(__file__).resolve().parent
 IDLE_SECONDS = 8.0
 PER_CALL = 10  # users named by one publish call
 SETTLE_TIMEOUT = 60.0
+
+# The floors: a server with nothing of notifylab's, each started as COMMAND PORT
+# --exchange NAME and fed by python-socketio's own write-only manager on that
+# fanout exchange (the same publications for both).
+FLOORS = {
+    "floor": (
+        "python-socketio alone (bare_server.py --exchange)",
+        [sys.executable, str(HERE / "bare_server.py"), "--no-compression"],
+    ),
+    "node": (
+        "Node socket.io + amqplib alone (node_relay.mjs --exchange)",
+        ["node", str(HERE / "node_relay.mjs")],
+    ),
+}
 
 
 def parse_config(text: str) -> tuple[str, str | None, dict[str, str]]:
@@ -245,28 +272,29 @@ async def measure(label: str, tree: str | None, env: dict[str, str], args, prefi
     return row
 
 
-async def measure_floor(args, prefix: str) -> dict:  # type: ignore[no-untyped-def]
-    """The bus path on ``bare_server.py --exchange``: python-socketio's own cost."""
+async def measure_floor(args, prefix: str, label: str, tree: str, command: list[str]) -> dict:  # type: ignore[no-untyped-def]
+    """The bus path on a floor server, ``command PORT --exchange NAME``
+    (``FLOORS``), as ``measure`` does it on an instance: the stack's own cost."""
     exchange = Settings(prefix=prefix).fanout_exchange  # removed with the prefix afterwards
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    log = open(Path(tempfile.mkdtemp(prefix="cost-floor-")) / "floor.log", "wb")  # noqa: ASYNC230
+    log_path = Path(tempfile.mkdtemp(prefix=f"cost-{label}-")) / f"{label}.log"
+    log = open(log_path, "wb")  # noqa: ASYNC230
     server = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(HERE / "bare_server.py"),
-        str(port),
-        "--no-compression",
-        "--exchange",
-        exchange,
-        stdout=log,
-        stderr=log,
+        *command, str(port), "--exchange", exchange, stdout=log, stderr=log
     )
-    row: dict = {"config": "floor", "tree": "python-socketio alone (bare_server.py --exchange)", "env": {}}
-    tokens = [f"floor{j}" for j in range(args.users)]
+    row: dict = {"config": label, "tree": tree, "env": {}}
+    tokens = [f"{label}{j}" for j in range(args.users)]
     sockets = Sockets(url, [t for t in tokens for _ in range(2)])
     bus = socketio.AsyncAioPikaManager(Settings().broker_url, channel=exchange, write_only=True)
     try:
-        await wait_answering(server, f"{url}/readyz", "floor server", 30)
+        await wait_answering(
+            server,
+            f"{url}/readyz",
+            f"{label} server",
+            30,
+            details=lambda: log_path.read_text(errors="replace")[-2000:],
+        )
         row["sockets"] = (await sockets.connect())["hellos"]
         await bus.emit("warm-up", {}, room="nobody")  # its publisher connects lazily
         await asyncio.sleep(2)
@@ -397,9 +425,17 @@ async def main() -> None:
     parser.add_argument(
         "--floor", action="store_true", help="also measure python-socketio alone (bare_server.py --exchange)"
     )
+    parser.add_argument(
+        "--floor-node",
+        action="store_true",
+        help="also measure Node socket.io + amqplib alone (node_relay.mjs; cd benchmarks && npm ci)",
+    )
     parser.add_argument("--config", action="append", default=[], metavar="LABEL[:TREE][:ENV=VALUE,...]")
     args = parser.parse_args()
     configs = [parse_config(c) for c in args.config] or [("now", None, {})]
+    floors = [label for label, wanted in (("floor", args.floor), ("node", args.floor_node)) if wanted]
+    if args.floor_node and not (HERE / "node_modules" / "socket.io").is_dir():
+        raise SystemExit("--floor-node needs the relay's packages: cd benchmarks && npm ci")
     about = machine()
     print(about, flush=True)
     prefix = f"nlbench{uuid.uuid4().hex[:10]}"
@@ -407,8 +443,8 @@ async def main() -> None:
     rows: list[dict] = []
     try:
         for round_ in range(args.repeat):
-            if args.floor:
-                row = await measure_floor(args, prefix)
+            for label in floors:
+                row = await measure_floor(args, prefix, label, *FLOORS[label])
                 row["round"] = round_
                 rows.append(row)
                 print(table([row]).splitlines()[1], flush=True)
