@@ -90,8 +90,9 @@ test-notebooks:
 # see benchmarks/README.md. `bench` takes about 20 minutes here, `bench-targets`
 # (issue 9's sizes: 10,000 sockets, 500 users, up to 3,000 notifications/s) an hour.
 bench: setup services  ## every benchmark at a modest size, in figures
+	cd benchmarks && npm ci --no-audit --no-fund  # the Node floor's socket.io and amqplib
 	$(BIN)/python benchmarks/routing.py
-	$(BIN)/python benchmarks/cost.py --floor
+	$(BIN)/python benchmarks/cost.py --floor --floor-node
 	$(BIN)/python benchmarks/scale.py all --storm-sizes 500,1000 --memory-sizes 1000 --servers bare,notifylab --trace 0
 	$(BIN)/python benchmarks/ladder.py --users 200 --rates 250,500,1000
 

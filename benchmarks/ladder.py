@@ -42,6 +42,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import aiohttp
 import psutil
@@ -53,7 +54,7 @@ from scale import Loadgen, machine
 from notifylab.config import Settings
 from notifylab.lab import Lab
 from notifylab.protocol import COOKIE
-from notifylab.redisurl import make_client
+from notifylab.redisurl import is_sentinel_url, make_client
 
 HERE = Path(__file__).resolve().parent
 PASSWORD = "benchmark password"
@@ -76,6 +77,96 @@ def pct(values: list[float], p: float) -> float:
         return math.nan
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(len(ordered) * p / 100))]
+
+
+def cpu_seconds(proc: psutil.Process) -> float | None:
+    """User + system CPU seconds of ``proc`` so far; None once it is gone."""
+    try:
+        times = proc.cpu_times()
+    except psutil.Error:
+        return None
+    return times.user + times.system
+
+
+def listening(ports: set[int], name: str) -> list[psutil.Process]:
+    """The processes listening on ``ports``, with their children (RabbitMQ's
+    beam.smp runs erl_child_setup, inet_gethost and its disk monitor's shell).
+
+    Found by socket rather than by name, so that another RabbitMQ or Redis on
+    the machine (a test's cluster of its own) is not counted; by ``name`` only
+    where the sockets' owners are hidden from us (not root)."""
+    try:
+        found = [
+            c.pid
+            for c in psutil.net_connections(kind="tcp")
+            if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port in ports
+        ]
+    except psutil.AccessDenied:
+        found = [None]
+    if None in found:
+        procs = [p for p in psutil.process_iter(["name"]) if p.info["name"] == name]
+    else:
+        procs = [psutil.Process(pid) for pid in set(found)]
+    return procs + [child for p in procs for child in p.children(recursive=True)]
+
+
+def busy_seconds(times: object) -> tuple[float, float]:
+    """(busy, steal) CPU seconds of the whole machine in ``psutil.cpu_times()``
+    (every CPU summed). Busy is user, nice, system, irq and softirq: not idle
+    or iowait, not guest (Linux counts it in user already), and not steal (the
+    hypervisor ran something else: no process of ours had those seconds)."""
+    busy = sum(getattr(times, field, 0.0) for field in ("user", "nice", "system", "irq", "softirq"))
+    return busy, getattr(times, "steal", 0.0)
+
+
+def kind_seconds(cpu_s: dict[str, float], kind: str) -> float:
+    """The CPU seconds of the lab processes of one kind (``server``, ``worker``)."""
+    return sum(v for k, v in cpu_s.items() if k.startswith(kind))
+
+
+class CpuMeter:
+    """Where the machine's CPU went from its start to :meth:`read`: the CPU
+    seconds of named groups of processes, and of the whole machine.
+
+    A process gone before :meth:`read` counts nothing (its seconds fall in the
+    machine's rest); one started meanwhile (py-spy with ``--profile``) is in
+    the rest too."""
+
+    def __init__(self, groups: dict[str, list[psutil.Process]]) -> None:
+        self.groups = groups
+        self.before = {p.pid: cpu_seconds(p) for procs in groups.values() for p in procs}
+        self.started, self.machine = time.monotonic(), busy_seconds(psutil.cpu_times())
+
+    def _spent(self, proc: psutil.Process) -> float:
+        before, now = self.before[proc.pid], cpu_seconds(proc)
+        return now - before if before is not None and now is not None else 0.0
+
+    def read(self) -> tuple[dict[str, float], dict[str, float]]:
+        """(CPU seconds per group, and the machine's: wall_s, busy_s, steal_s)."""
+        wall = time.monotonic() - self.started
+        now = busy_seconds(psutil.cpu_times())
+        spent = {name: sum(self._spent(p) for p in procs) for name, procs in self.groups.items()}
+        busy, steal = (after - before for after, before in zip(now, self.machine, strict=True))
+        return spent, {"wall_s": wall, "busy_s": busy, "steal_s": steal}
+
+
+def breakdown(cpu: dict[str, float], spent: dict[str, float], whole: dict[str, float]) -> dict:
+    """A rung's ``cpu_breakdown``: the CPU seconds of each part of the system
+    (``cpu``, the lab's processes, summed by kind; the other groups of
+    ``spent`` as they are) and of the rest of the machine (``other``: its busy
+    seconds minus all of those), and its cores busy on average, over the
+    interval of ``cpu_s``: where the cores went, when the rung saturates."""
+    parts = {"servers": kind_seconds(cpu, "server"), "workers": kind_seconds(cpu, "worker")}
+    parts |= {name: seconds for name, seconds in spent.items() if name not in cpu}
+    parts["other"] = whole["busy_s"] - sum(spent.values())
+    return {
+        "wall_s": round(whole["wall_s"], 2),
+        "cores": psutil.cpu_count(),
+        "busy_s": round(whole["busy_s"], 2),
+        "steal_s": round(whole["steal_s"], 2),
+        "cores_busy": round(whole["busy_s"] / whole["wall_s"], 2),
+        "parts_s": {name: round(seconds, 2) for name, seconds in parts.items()},
+    }
 
 
 async def register(url: str, count: int) -> list[tuple[str, str]]:
@@ -125,6 +216,22 @@ class Run:
             p.stdin.write(command.encode() + b"\n")
             await p.stdin.drain()
         return [await self.loadgen._line(p) for p in self.loadgen.procs]
+
+    def beside(self) -> dict[str, list[psutil.Process]]:
+        """The processes sharing the machine with the lab's, by part: the
+        broker, Redis (the ports of the URLs the lab's processes use; none for
+        a Sentinel URL, whose primary moves), the load generator and this
+        process (the HTTP driver; not its children, the lab's processes)."""
+        assert self.loadgen is not None
+        redis_url = self.settings.redis_url
+        return {
+            "rabbitmq": listening({urlsplit(u).port or 5672 for u in self.settings.broker_urls}, "beam.smp"),
+            "redis": listening(
+                set() if is_sentinel_url(redis_url) else {urlsplit(redis_url).port or 6379}, "redis-server"
+            ),
+            "loadgen": [psutil.Process(p.pid) for p in self.loadgen.procs],
+            "driver": [psutil.Process()],
+        }
 
     async def lasts(self) -> list[str]:
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -217,8 +324,8 @@ class Run:
         befores = await self.lasts()
         counted = await self.counters()
         await self.command("reset")
-        procs = {p.name: psutil.Process(p.pid) for p in self.lab.processes if p.pid}
-        cpu0 = {n: sum(p.cpu_times()[:2]) for n, p in procs.items()}
+        procs = {p.name: [psutil.Process(p.pid)] for p in self.lab.processes if p.pid}
+        meter = CpuMeter({**procs, **self.beside()})
         spies = []
         if profile:  # py-spy on one server instance and one worker, for the offer's duration
             for kind in ("server", "worker"):
@@ -233,7 +340,8 @@ class Run:
         t0 = time.time() * 1000
         offered = await self.offer(path, rate, seconds)
         await self.drain()
-        cpu = {n: sum(p.cpu_times()[:2]) - cpu0[n] for n, p in procs.items()}
+        spent, whole = meter.read()
+        cpu = {n: spent[n] for n in procs}
         counted = {k: v - counted[k] for k, v in (await self.counters()).items()}
         for spy in spies:
             _, err = spy.communicate(timeout=60)
@@ -299,6 +407,7 @@ class Run:
             "reordered": reordered,
             "late_from_before": foreign,
             "cpu_s": {n: round(v, 1) for n, v in cpu.items()},
+            "cpu_breakdown": breakdown(cpu, spent, whole),
             "gaps_filled": int(counted["notifylab_gaps_filled_total"]),
             "duplicates_dropped": int(counted["notifylab_duplicates_dropped_total"]),
             "window_s": window_s,
@@ -344,8 +453,7 @@ def table(rows: list[dict]) -> str:
     )
     lines = [head]
     for r in rows:
-        servers = sum(v for k, v in r["cpu_s"].items() if k.startswith("server"))
-        workers = sum(v for k, v in r["cpu_s"].items() if k.startswith("worker"))
+        servers, workers = kind_seconds(r["cpu_s"], "server"), kind_seconds(r["cpu_s"], "worker")
         skipped = r["skipped"] * r.get("per_call", PER_CALL[r["path"]])  # calls -> notifications
         lines.append(
             f"{r['mode']:8} {r['path']:10} {r['offered']:>9} {r['appended_per_s']:>10.0f} "
@@ -358,6 +466,27 @@ def table(rows: list[dict]) -> str:
 
 
 PER_CALL = {"operations": PER_OPERATION, "publish": PER_PUBLISH}
+PARTS = ("servers", "workers", "rabbitmq", "redis", "loadgen", "driver", "other")
+
+
+def breakdown_table(rows: list[dict]) -> str:
+    """Where the cores went, rung by rung: the CPU seconds of each part
+    (``cpu_breakdown``; a row of an older JSON without it is left out)."""
+    lines = [
+        f"{'mode':8} {'path':10} {'offered/s':>9} {'wall s':>6}  cpu s: "
+        + " ".join(f"{part:>8}" for part in PARTS)
+        + f" {'steal':>6}  cores busy"
+    ]
+    for r in rows:
+        if "cpu_breakdown" not in r:
+            continue
+        b = r["cpu_breakdown"]
+        lines.append(
+            f"{r['mode']:8} {r['path']:10} {r['offered']:>9} {b['wall_s']:>6.1f}         "
+            + " ".join(f"{b['parts_s'][part]:>8.1f}" for part in PARTS)
+            + f" {b['steal_s']:>6.1f}  {b['cores_busy']:.2f} of {b['cores']}"
+        )
+    return "\n".join(lines)
 
 
 STYLES = ["o-", "s--", "^-", "v--", "D-", "x--", "P-", "*--"]
@@ -497,6 +626,7 @@ async def main() -> None:
         print(f"logs: {log_root}")
     print(about)
     print(table(rows))
+    print(breakdown_table(rows))
     results = {"machine": about, "args": vars(args), "rows": rows}
     (HERE / "ladder_results.json").write_text(json.dumps(results, indent=1))
     if rows:
