@@ -9,6 +9,7 @@ a test's own, for the tests that take Redis away.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import itertools
 import os
@@ -26,6 +27,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import aio_pika
+import aiohttp
 import psutil
 import pytest
 
@@ -349,3 +351,26 @@ def add_chaos_row(
             "delivery resumed (s after undone)": round(resumed, 2),
         }
     )
+
+
+MANAGEMENT = "http://127.0.0.1:15672/api"  # RabbitMQ's management API
+GUEST = {"Authorization": "Basic " + base64.b64encode(b"guest:guest").decode()}
+
+
+async def drop_broker_connection(transport: asyncio.BaseTransport) -> None:
+    """Have RabbitMQ close the connection that ``transport`` is our end of
+    (as a node's restart would), through the management API. It is found
+    by its port (other tests' processes are connected too); a connection
+    is listed within a second or so of opening."""
+    port = transport.get_extra_info("sockname")[1]
+    async with aiohttp.ClientSession(headers=GUEST) as http:
+        async with asyncio.timeout(10):
+            while True:
+                async with http.get(f"{MANAGEMENT}/connections") as response:
+                    response.raise_for_status()
+                    names = [c["name"] for c in await response.json() if c.get("peer_port") == port]
+                if names:
+                    break
+                await asyncio.sleep(0.2)
+        async with http.delete(f"{MANAGEMENT}/connections/{names[0]}") as response:
+            assert response.status in (200, 204), await response.text()

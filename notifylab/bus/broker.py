@@ -11,7 +11,7 @@ connects to one of them and, when that node dies, moves to the next
 (:class:`FailoverConnection`); aio-pika restores its channels, exchanges,
 queues, bindings and consumers there, and a publish that was waiting for
 its confirm when the node died is sent again on the new connection
-(:func:`publish_confirmed`, :func:`publish_raw`). With one URL, all of this
+(:func:`publish_confirmed`; for notifications, ``publisher.py``). With one URL, all of this
 is what it always was: reconnect to that one.
 """
 
@@ -24,7 +24,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import aio_pika
-import aiormq
 from yarl import URL
 
 from ..config import redact
@@ -145,34 +144,6 @@ async def publish_confirmed(
             except (aio_pika.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
                 log.warning("publish to %s failed (%s); retrying", key, exc)
                 renewing = renewing or isinstance(exc, aio_pika.exceptions.DeliveryError)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
-
-
-# A notification on the bus needs no headers: transient (the inbox stream is
-# its durable copy), and a message id we never read. One object for all of
-# them, so aiormq neither builds properties nor draws a random id per publish.
-EVENT_PROPERTIES = aiormq.spec.Basic.Properties(delivery_mode=1, message_id="n")
-
-
-async def publish_raw(channel: aio_pika.abc.AbstractChannel, exchange: str, body: bytes, key: str) -> None:
-    """``publish_confirmed`` for the hot path: ``body`` published as it is on
-    the aiormq channel under aio-pika's ``channel``, without an aio-pika
-    ``Message`` (measured: building one was a tenth of a publish). Returns
-    once the broker has confirmed it; retries and deadline as there."""
-    delay = 0.1
-    async with asyncio.timeout(PUBLISH_DEADLINE):
-        while True:
-            try:
-                raw = await channel.get_underlay_channel()  # a robust channel waits while it reconnects
-                confirmation = await raw.basic_publish(
-                    body, exchange=exchange, routing_key=key, properties=EVENT_PROPERTIES
-                )
-                if isinstance(confirmation, aiormq.spec.Basic.Nack):
-                    raise aiormq.exceptions.DeliveryError(None, confirmation)
-                return
-            except (aio_pika.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
-                log.warning("publish to %s failed (%s); retrying", key, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
 

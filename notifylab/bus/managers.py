@@ -33,8 +33,9 @@ from ..config import Settings
 from ..ids import now_ms
 from ..logbudget import LogBudget
 from ..protocol import BusNotification, check_bus_notification, user_room
-from .broker import close_broker, connect_broker, publish_raw
+from .broker import close_broker, connect_broker
 from .consumer import Consumer
+from .publisher import Publisher
 
 log = logging.getLogger(__name__)
 
@@ -124,19 +125,19 @@ class _TopicTransport(AsyncPubSubManager):
     """Publish by routing key on a topic exchange; consume one queue per
     instance whose bindings change at run time.
 
-    aio-pika declares, binds and reconnects (the control plane); the
-    notifications themselves (the data plane) go through its aiormq channel
-    underneath, without aio-pika's message objects: measured, building an
-    ``IncomingMessage`` or a ``Message`` per notification was a tenth of an
-    instance's CPU (docs/architecture.md, "Under load")."""
+    aio-pika declares the queue, binds users and restores both after a
+    reconnect (the control plane); the notifications themselves (the data
+    plane) are published and consumed on connections of their own that
+    speak just enough AMQP (``publisher.py``, ``consumer.py``): measured,
+    aio-pika's and aiormq's machinery per message was 40% of an instance's
+    CPU on the bus path (docs/architecture.md, "Under load")."""
 
     name = "notifylab-topic"
 
     def __init__(self, settings: Settings, write_only: bool = False, logger: Any = None):
         super().__init__(channel=settings.events_exchange, write_only=write_only, logger=logger)
         self.settings = settings
-        self._publisher: aio_pika.abc.AbstractRobustConnection | None = None
-        self._publish_channel: aio_pika.abc.AbstractChannel | None = None
+        self._publisher: Publisher | None = None
         self._publish_lock = asyncio.Lock()
         self._listener: aio_pika.abc.AbstractRobustConnection | None = None
         self._channel: aio_pika.abc.AbstractRobustChannel | None = None
@@ -153,15 +154,14 @@ class _TopicTransport(AsyncPubSubManager):
         """Connect for publishing now, so a bad URL fails at start-up."""
         async with self._publish_lock:
             if self._publisher is None:
-                self._publisher = await connect_broker(self.settings.broker_urls)
-                channel = await self._publisher.channel()  # publisher confirms are on by default
-                await channel.declare_exchange(self.channel, aio_pika.ExchangeType.TOPIC, durable=True)
-                self._publish_channel = channel
+                publisher = Publisher(self.settings.broker_urls, self.channel)
+                await publisher.start()
+                self._publisher = publisher
 
     async def _publish(self, data: dict) -> None:
         await self.start_publisher()
-        assert self._publish_channel is not None
-        await publish_raw(self._publish_channel, self.channel, codec.dumpb(data), routing_key(data))
+        assert self._publisher is not None
+        await self._publisher.publish(routing_key(data), codec.dumpb(data))
 
     async def start_listener(self) -> None:
         """Declare this instance's queue and start consuming it. Called at
@@ -255,8 +255,9 @@ class _TopicTransport(AsyncPubSubManager):
     async def close(self) -> None:
         if self._consumer is not None:
             await self._consumer.close()
-        for connection in (self._listener, self._publisher):
-            await close_broker(connection)
+        if self._publisher is not None:
+            await self._publisher.close()
+        await close_broker(self._listener)
 
 
 def emit_message(note: BusNotification, host_id: str | None = None) -> dict:
