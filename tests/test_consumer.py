@@ -4,7 +4,9 @@ wire, then the real broker: big bodies, a dropped connection, a deleted queue.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
+from collections.abc import AsyncIterator
 
 import aio_pika
 from pamqp import body, commands, frame, header, heartbeat
@@ -91,17 +93,10 @@ async def test_a_broken_frame_ends_the_connection_rather_than_guessing():
     assert aborted and batches == []
 
 
-async def _queue(name: str) -> tuple[aio_pika.abc.AbstractConnection, aio_pika.abc.AbstractQueue]:
-    return await _queue_on(await aio_pika.connect(BROKER), name)
-
-
-async def _queue_on(
-    connection: aio_pika.abc.AbstractConnection, name: str
-) -> tuple[aio_pika.abc.AbstractConnection, aio_pika.abc.AbstractQueue]:
+async def _declare(connection: aio_pika.abc.AbstractConnection, name: str) -> aio_pika.abc.AbstractQueue:
     """Queue ``name`` declared as an instance's is (a minute's expiry)."""
     channel = await connection.channel()
-    queue = await channel.declare_queue(name, arguments={"x-expires": 60_000})
-    return connection, queue
+    return await channel.declare_queue(name, arguments={"x-expires": 60_000})
 
 
 async def _publish(connection: aio_pika.abc.AbstractConnection, queue: str, bodies: list[bytes]) -> None:
@@ -128,34 +123,42 @@ class Received:
         return self.bodies
 
 
-async def test_a_big_body_arrives_whole_from_the_broker():
-    """Bodies past the broker's frame size (128 KB) come in several body
-    frames: they reach ``on_batch`` whole, between the small ones, in order."""
-    name = new_prefix() + ".consumer.big"
-    connection, queue = await _queue(name)
+@contextlib.asynccontextmanager
+async def consuming(
+    what: str,
+) -> AsyncIterator[tuple[str, aio_pika.abc.AbstractConnection, Received, Consumer]]:
+    """A queue declared as an instance's, and a started ``Consumer`` of it
+    recording what it hands on; the queue's name, a connection to publish
+    and declare with, the record, the consumer. All removed afterwards."""
+    name = new_prefix() + ".consumer." + what
+    connection = await aio_pika.connect(BROKER)
+    await _declare(connection, name)
     received = Received()
     consumer = Consumer(lambda: BROKER, name, 100, received)
     await consumer.start()
-    bodies = [b"small", bytes(range(256)) * 2000, b"small again"]  # 512 KB in the middle
-    await _publish(connection, name, bodies)
     try:
-        assert await received.until(3) == bodies
+        yield name, connection, received, consumer
     finally:
         await consumer.close()
-        await queue.delete()
+        channel = await connection.channel()
+        await channel.queue_delete(name)
         await connection.close()
+
+
+async def test_a_big_body_arrives_whole_from_the_broker():
+    """Bodies past the broker's frame size (128 KB) come in several body
+    frames: they reach ``on_batch`` whole, between the small ones, in order."""
+    async with consuming("big") as (name, connection, received, _):
+        bodies = [b"small", bytes(range(256)) * 2000, b"small again"]  # 512 KB in the middle
+        await _publish(connection, name, bodies)
+        assert await received.until(3) == bodies
 
 
 async def test_the_consumer_comes_back_after_the_broker_drops_its_connection():
     """The broker closes the consumer's connection (as on a node's restart,
     or ``rabbitmqctl close_connection``): the consumer connects again by
     itself, and what was published meanwhile, or not yet acked, arrives."""
-    name = new_prefix() + ".consumer.drop"
-    connection, queue = await _queue(name)
-    received = Received()
-    consumer = Consumer(lambda: BROKER, name, 100, received)
-    await consumer.start()
-    try:
+    async with consuming("drop") as (name, connection, received, consumer):
         await _publish(connection, name, [b"%d" % i for i in range(10)])
         await received.until(10)
         assert consumer._protocol is not None and consumer._protocol._transport is not None
@@ -163,30 +166,18 @@ async def test_the_consumer_comes_back_after_the_broker_drops_its_connection():
         await _publish(connection, name, [b"%d" % i for i in range(10, 20)])
         got = await received.until(20)
         assert sorted(set(got), key=int) == [b"%d" % i for i in range(20)]  # none lost (unacked may repeat)
-    finally:
-        await consumer.close()
-        await queue.delete()
-        await connection.close()
 
 
 async def test_a_deleted_queue_is_consumed_again_once_it_is_back():
     """The broker cancels the consumer when its queue goes (its node died);
     the consumer retries until the queue is declared again (aio-pika does
     that for an instance), then consumes it."""
-    name = new_prefix() + ".consumer.gone"
-    connection, queue = await _queue(name)
-    received = Received()
-    consumer = Consumer(lambda: BROKER, name, 100, received)
-    await consumer.start()
-    try:
+    async with consuming("gone") as (name, connection, received, _):
         await _publish(connection, name, [b"before"])
         await received.until(1)
-        await queue.delete(if_unused=False)
+        channel = await connection.channel()
+        await channel.queue_delete(name)
         await asyncio.sleep(1.5)  # the consumer is refused meanwhile: no such queue
-        _, queue = await _queue_on(connection, name)
+        await _declare(connection, name)
         await _publish(connection, name, [b"after"])
         assert await received.until(2) == [b"before", b"after"]
-    finally:
-        await consumer.close()
-        await queue.delete()
-        await connection.close()

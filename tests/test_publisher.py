@@ -4,6 +4,8 @@ confirms, then the real broker: order, a dropped connection, a deleted exchange.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 
 import aio_pika
 import pytest
@@ -95,13 +97,25 @@ async def test_publishes_waiting_when_the_connection_ends_fail_so_they_are_sent_
         protocol.publish("user.ann", b"y")
 
 
-async def _bound_queue(exchange: str) -> tuple[aio_pika.abc.AbstractConnection, aio_pika.abc.AbstractQueue]:
+@contextlib.asynccontextmanager
+async def publishing() -> AsyncIterator[tuple[Publisher, aio_pika.abc.AbstractQueue]]:
+    """A started ``Publisher`` to a new topic exchange, and a queue bound to
+    every user's key on it; both removed afterwards."""
+    exchange = new_prefix() + ".events"
     connection = await aio_pika.connect(BROKER)
     channel = await connection.channel()
     topic = await channel.declare_exchange(exchange, aio_pika.ExchangeType.TOPIC, durable=True)
     queue = await channel.declare_queue(exchange + ".q", arguments={"x-expires": 60_000})
     await queue.bind(topic, "user.#")
-    return connection, queue
+    publisher = Publisher([BROKER], exchange)
+    await publisher.start()
+    try:
+        yield publisher, queue
+    finally:
+        await publisher.close()
+        await queue.delete(if_unused=False, if_empty=False)
+        await channel.exchange_delete(exchange)
+        await connection.close()
 
 
 async def _bodies(queue: aio_pika.abc.AbstractQueue, count: int, timeout: float = 15.0) -> list[bytes]:
@@ -116,31 +130,19 @@ async def _bodies(queue: aio_pika.abc.AbstractQueue, count: int, timeout: float 
 
 
 async def test_published_in_order_and_confirmed_by_the_broker():
-    exchange = new_prefix() + ".events"
-    connection, queue = await _bound_queue(exchange)
-    publisher = Publisher([BROKER], exchange)
-    await publisher.start()
-    try:
+    async with publishing() as (publisher, queue):
         bodies = [b"%d" % i for i in range(300)]
         for b in bodies[:100]:  # one at a time, each confirmed
             await publisher.publish("user.ann", b)
         await asyncio.gather(*(publisher.publish("user.ann", b) for b in bodies[100:]))  # in flight together
         assert await _bodies(queue, 300) == bodies
-    finally:
-        await publisher.close()
-        await queue.delete(if_unused=False, if_empty=False)
-        await connection.close()
 
 
 async def test_a_publish_survives_its_connection_being_dropped():
     """The broker drops the publisher's connection with publishes in flight:
     each is sent again on a new connection, none is lost (one in flight may
     arrive twice: the feed drops the second copy)."""
-    exchange = new_prefix() + ".events"
-    connection, queue = await _bound_queue(exchange)
-    publisher = Publisher([BROKER], exchange)
-    await publisher.start()
-    try:
+    async with publishing() as (publisher, queue):
         first = [b"%d" % i for i in range(50)]
         await asyncio.gather(*(publisher.publish("user.ann", b) for b in first))
         dropped = publisher._protocol
@@ -163,10 +165,6 @@ async def test_a_publish_survives_its_connection_being_dropped():
         assert publisher._protocol is not dropped  # it connected again
         got = await _bodies(queue, 50 + len(sent))
         assert set(got) == set(first + sent)
-    finally:
-        await publisher.close()
-        await queue.delete(if_unused=False, if_empty=False)
-        await connection.close()
 
 
 async def test_an_exchange_deleted_meanwhile_is_declared_again():
