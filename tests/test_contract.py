@@ -5,7 +5,8 @@
   5.x. If an upgrade changes it again, this fails instead of delivery quietly
   falling back on the feed's gap filling.
 - engine.io's aiohttp websocket class, which we swap to set compression,
-  and the parts of python-socketio ``Server.emit_now`` uses.
+  its socket class, which we swap as it files each socket, and the parts of
+  python-socketio ``Server.emit_now`` uses.
 - The package's import graph: no circle, and the kernel side (``lab``,
   ``widgets``) never imports the server or the store.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import itertools
 import json
 import subprocess
 import sys
@@ -30,6 +32,7 @@ from fakes import SETTINGS, fake_redis, make_feed
 from notifylab.bus.managers import TopicManager, publish_notification, routing_key
 from notifylab.lab.processes import free_port
 from notifylab.protocol import user_room
+from notifylab.server import engine
 from notifylab.server.sockets import Server
 from support import servers
 
@@ -259,4 +262,64 @@ async def test_direct_writes_keep_order_and_leave_engineio_pinging(monkeypatch):
         assert not disconnected.is_set() and client.connected  # ... and pings went on
     finally:
         await client.disconnect()
+        await runner.cleanup()
+
+
+@pytest.mark.parametrize("transport", ["websocket", "polling"])
+async def test_engineio_builds_each_socket_as_ours(transport: str):
+    """engine.io builds ``AsyncSocket`` itself; ``engine.Sockets`` gives it
+    our class as engine.io files it. If engine.io builds or files its
+    sockets otherwise, this fails, rather than the saving going quietly.
+    (Short pings: a polling client's last GET waits ping_interval +
+    ping_timeout for the server's cleanup.)"""
+    sio, runner, port = await serving_ann(ping_interval=1, ping_timeout=1)
+    client = socketio.AsyncClient()
+    try:
+        await client.connect(f"http://127.0.0.1:{port}", transports=[transport])
+        assert isinstance(sio.eio.sockets, engine.Sockets)
+        (socket,) = sio.eio.sockets.values()
+        assert type(socket) is engine.Socket
+    finally:
+        await client.disconnect()
+        await runner.cleanup()
+
+
+async def test_pings_go_out_and_a_client_that_stops_answering_is_closed():
+    """A raw engine.io client on our Server with pings every 0.2 s and 0.2 s
+    to answer: while it answers, pings come a ping_interval apart and the
+    connection lasts; once it stops, one more ping comes and the connection
+    is closed within ping_interval + ping_timeout (and some slack)."""
+    interval = timeout = 0.2
+    sio, runner, port = await serving_ann(ping_interval=interval, ping_timeout=timeout)
+    url = f"ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket"
+    pings: list[float] = []
+    try:
+        async with aiohttp.ClientSession() as http, http.ws_connect(url) as ws:
+            assert (await ws.receive_str()).startswith("0{")  # engine.io's open
+            await ws.send_str("40")  # Socket.IO's connect
+            assert (await ws.receive_str()).startswith("40")
+            answering_until = time.monotonic() + 5 * (interval + timeout)
+            while time.monotonic() < answering_until:
+                frame = await asyncio.wait_for(ws.receive_str(), interval + timeout)
+                assert frame == "2", frame
+                pings.append(time.monotonic())
+                await ws.send_str("3")
+            last_pong = time.monotonic()
+            after: list[str] = []
+            while True:
+                message = await asyncio.wait_for(ws.receive(), 5)
+                if message.type != aiohttp.WSMsgType.TEXT:
+                    break
+                after.append(message.data)
+            closed_after = time.monotonic() - last_pong
+        gaps = [b - a for a, b in itertools.pairwise(pings)]
+        assert len(pings) >= 8 and min(gaps) > interval * 0.75, gaps
+        assert after == ["2"]  # the ping it did not answer, then the close
+        assert interval < closed_after < interval + timeout + 0.5, closed_after
+        for _ in range(100):  # engine.io closes its socket once its writer is done
+            if all(socket.closed for socket in sio.eio.sockets.values()):
+                break
+            await asyncio.sleep(0.01)
+        assert all(socket.closed for socket in sio.eio.sockets.values())
+    finally:
         await runner.cleanup()

@@ -1,9 +1,10 @@
 """engine.io, made lighter per socket: what an idle connection keeps.
 
 engine.io (under python-socketio) gives every connection an aiohttp
-websocket and an ``asyncio.Queue`` of packets to send. Two of its choices
-cost more than our notifications need, and it has no option for either, so
-``sockets.Server`` swaps in these (``tests/test_contract.py`` holds both to
+websocket, an ``asyncio.Queue`` of packets to send and a socket object with
+tasks of its own. Three of its choices cost more than our notifications
+need, and it has no option for any, so ``sockets.Server`` swaps in these
+(``tests/test_contract.py`` and ``tests/test_engine.py`` hold them to
 engine.io's behaviour):
 
 - ``WebSocket``: aiohttp compresses websocket frames by default
@@ -15,15 +16,23 @@ engine.io's behaviour):
 - ``SocketQueue``: ``asyncio.Queue`` holds four deques (its items, getters,
   putters and an Event's waiters), about 3 KB per connection while empty.
   Ours is a list and a waiter made only while someone waits.
+- ``Socket``: engine.io's ``AsyncSocket`` with two waits made lighter. Its
+  writer's ``poll`` waits through ``asyncio.wait_for``, which in Python 3.11
+  wraps ``queue.get()`` in a task of its own, and its ping is a task per
+  socket asleep for ``ping_interval``: ``asyncio.timeout`` and a
+  ``loop.call_later`` timer do the same waits with no task: about 2 KB less
+  an idle socket, 28.8-29.0 against 30.7-31.3 KB at 1,000 (two tasks of six,
+  three coroutines of 24; ``benchmarks/README.md``).
+  engine.io builds its sockets itself, with no hook: ``Sockets``, the dict
+  it files them in, gives each one this class as it is filed.
 
 And one that costs time, not memory: engine.io's per-socket writer wakes for
-every packet, through ``asyncio.wait_for`` (a new task per wake-up) and
-aiohttp's ``send_str``. While that writer is idle, with nothing queued
-before it, a notification cannot overtake anything: ``SocketQueue.send_now``
-writes it to the connection at once (``WebSocket.write_now``), and the
-writer stays asleep. It still sends everything else (pings, the handlers'
-acks, what queues up behind a slow client), so engine.io's own
-housekeeping is untouched.
+every packet and sends it through aiohttp's ``send_str``. While that
+writer is idle, with nothing queued before it, a notification cannot
+overtake anything: ``SocketQueue.send_now`` writes it to the connection at
+once (``WebSocket.write_now``), and the writer stays asleep. It still
+sends everything else (pings, the handlers' acks, what queues up behind a
+slow client), so engine.io's own housekeeping is untouched.
 
 And what a client can send engine.io. It decodes a client's frame before
 anything can refuse it, and a frame it cannot decode (empty, not starting
@@ -42,11 +51,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
-from engineio import packet, payload
+from engineio import async_socket, exceptions, packet, payload
 from engineio.async_drivers import aiohttp as engineio_aiohttp
 
 log = logging.getLogger(__name__)
@@ -335,3 +345,92 @@ class SocketQueue:
             if self._finished is None:
                 self._finished = asyncio.Event()
             await self._finished.wait()
+
+
+class Socket(async_socket.AsyncSocket):
+    """engine.io's socket, waiting for its next packet and its next ping
+    without a task of their own: Python 3.11's ``wait_for`` makes a task
+    per wait, and engine.io a task per ping, held for the socket's life
+    while it is idle. The rest is engine.io's.
+
+    It adds no state (no ``__init__``, no slots), so that an ``AsyncSocket``
+    engine.io has just built can be given this class (:class:`Sockets`).
+    """
+
+    last_ping: float | None  # engine.io's: when the last ping went out; None while the next waits
+
+    async def poll(self) -> list[Any]:
+        """engine.io's ``poll``: the first packet waited for up to
+        ping_interval + ping_timeout (QueueEmpty past it, or when cancelled),
+        then what else is queued, up to a None (the writer's stop). A None
+        behind other packets is put back, last: they go out first, and the
+        next poll after them returns [], which ends the writer."""
+        queue = self.queue
+        try:
+            async with asyncio.timeout(self.server.ping_interval + self.server.ping_timeout):
+                first = await queue.get()
+            queue.task_done()
+        except (TimeoutError, asyncio.CancelledError):
+            raise exceptions.QueueEmpty() from None
+        if first is None:
+            return []
+        packets = [first]
+        while True:
+            try:
+                pkt = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                break
+            queue.task_done()
+            if pkt is None:
+                queue.put_nowait(None)
+                break
+            packets.append(pkt)
+        return packets
+
+    def schedule_ping(self) -> None:
+        """engine.io's: a ping ``ping_interval`` from now, unless one is out
+        unanswered (``last_ping`` None until it is sent)."""
+        if self.last_ping:
+            self.last_ping = None
+            asyncio.get_running_loop().call_later(self.server.ping_interval, self._send_ping)
+
+    def _send_ping(self) -> None:
+        """What engine.io's ping task does once awake, as ``send(PING)``
+        does it. The ``check_ping_timeout`` that ``send`` starts with cannot
+        fail here (``last_ping`` is now, and a closed socket sends no ping),
+        and engine.io 4.15's ``send`` holds nothing back while upgrading: so
+        the packet is queued at once (the queue is unbounded), with
+        ``send``'s log line. ``tests/test_engine.py`` holds this to
+        engine.io's own."""
+        if self.closing or self.closed:
+            return
+        self.last_ping = time.time()
+        self.queue.put_nowait(packet.Packet(packet.PING))
+        self.server.logger.info("%s: Sending packet %s data %s", self.sid, "PING", None)
+
+
+class Sockets(dict[str, Any]):
+    """engine.io's ``sockets`` (socket id -> socket), filing each socket
+    engine.io builds as a :class:`Socket`.
+
+    Why here: engine.io's ``_handle_connect`` builds ``AsyncSocket`` itself,
+    then files it (``self.sockets[sid] = s``) before it sends or waits on
+    anything. Overriding ``_handle_connect`` (through python-socketio's
+    ``_engineio_server_class``) could not reach the socket in between
+    without copying its body, to be kept in step with every engine.io
+    release; patching ``engineio.async_socket.AsyncSocket`` would change
+    every engine.io server in the process (the tests' bare ones, the
+    benchmarks'). Re-classing is legal because ``Socket`` adds no state, and
+    only engine.io's own class is re-classed. If engine.io builds or files
+    its sockets otherwise, they stay engine.io's, working but heavier, and
+    tests/test_contract.py fails. Sockets connected after an
+    ``eio.disconnect()`` of all (a graceful stop, app.py), which puts a
+    plain dict in its place, stay engine.io's too.
+    """
+
+    __slots__ = ()
+
+    def __setitem__(self, sid: str, socket: Any) -> None:
+        if type(socket) is async_socket.AsyncSocket:
+            socket.__class__ = Socket
+        super().__setitem__(sid, socket)

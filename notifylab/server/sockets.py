@@ -125,6 +125,7 @@ class Server(socketio.AsyncServer):
             "translate_request": engine.checked_translate_request(on_unreadable=self.shed),
         }
         self.eio.create_queue = engine.SocketQueue  # each socket's outgoing packets
+        self.eio.sockets = engine.Sockets()  # each socket filed there as an engine.Socket
         self.proxies = proxies
         self.on_shed: Callable[[], object] | None = None  # called for each socket shed (a metric)
         self._refusals = flood.TokenBuckets(REFUSALS_PER_SECOND, REFUSALS_BURST)  # by socket id
