@@ -288,7 +288,8 @@ async def test_pings_go_out_and_a_client_that_stops_answering_is_closed():
     """A raw engine.io client on our Server with pings every 0.2 s and 0.2 s
     to answer: while it answers, pings come a ping_interval apart and the
     connection lasts; once it stops, one more ping comes and the connection
-    is closed within ping_interval + ping_timeout (and some slack)."""
+    is closed after ping_interval + ping_timeout (with slack: the machine
+    may be loaded)."""
     interval = timeout = 0.2
     sio, runner, port = await serving_ann(ping_interval=interval, ping_timeout=timeout)
     url = f"ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket"
@@ -300,7 +301,7 @@ async def test_pings_go_out_and_a_client_that_stops_answering_is_closed():
             assert (await ws.receive_str()).startswith("40")
             answering_until = time.monotonic() + 5 * (interval + timeout)
             while time.monotonic() < answering_until:
-                frame = await asyncio.wait_for(ws.receive_str(), interval + timeout)
+                frame = await asyncio.wait_for(ws.receive_str(), 5)  # late is load; early is checked below
                 assert frame == "2", frame
                 pings.append(time.monotonic())
                 await ws.send_str("3")
@@ -313,9 +314,9 @@ async def test_pings_go_out_and_a_client_that_stops_answering_is_closed():
                 after.append(message.data)
             closed_after = time.monotonic() - last_pong
         gaps = [b - a for a, b in itertools.pairwise(pings)]
-        assert len(pings) >= 8 and min(gaps) > interval * 0.75, gaps
+        assert len(pings) >= 5 and min(gaps) > interval * 0.75, gaps  # about 10 on a quiet machine
         assert after == ["2"]  # the ping it did not answer, then the close
-        assert interval < closed_after < interval + timeout + 0.5, closed_after
+        assert interval < closed_after < interval + timeout + 3, closed_after  # slack for a loaded machine
         for _ in range(100):  # engine.io closes its socket once its writer is done
             if all(socket.closed for socket in sio.eio.sockets.values()):
                 break

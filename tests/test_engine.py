@@ -297,7 +297,8 @@ async def test_a_ping_goes_out_as_engineio_sends_it(state: str):
         assert socket.queue.empty()  # not before ping_interval
         await asyncio.sleep(0.1)
         last_ping = socket.last_ping
-        sent_in_time = last_ping is not None and 0.04 < last_ping - scheduled_at < 0.12
+        # Not before ping_interval; how late is the machine's load, not the code's.
+        sent_in_time = last_ping is not None and 0.04 < last_ping - scheduled_at
         seen[cls.__name__] = (_queued(socket.queue), last_ping is None, sent_in_time, _ping_logs(server))
     assert seen["Socket"] == seen["AsyncSocket"]
     pinged = state not in ("closing", "closed")
