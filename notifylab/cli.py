@@ -24,6 +24,7 @@ from aiohttp import web
 from .config import ConfigError, Settings
 from .errors import ServiceUnavailable
 from .kit import JupyterLab, check_free, find_kit_dir, open_browser
+from .lab.balancer import nginx_binary
 from .loop import run as run_on_loop
 from .loop import running as running_loop
 
@@ -72,7 +73,11 @@ def _parser() -> argparse.ArgumentParser:
     common(up)
 
     def cluster(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--ports", default="8081,8082", help="comma-separated ports, one instance each")
+        p.add_argument(
+            "--ports",
+            help="comma-separated ports, one instance each (default: 8081 onward, one per instance)",
+        )
+        p.add_argument("--instances", type=int, help="how many server instances (default 2, or one a port)")
         p.add_argument("--workers", type=int, default=1, help="how many workers")
         p.add_argument(
             "--instance-ids",
@@ -82,6 +87,12 @@ def _parser() -> argparse.ArgumentParser:
         )
 
     cluster(up)
+    up.add_argument(
+        "--balancer",
+        type=int,
+        metavar="PORT",
+        help="also run nginx on 127.0.0.1:PORT in front of the instances, as the compose topology does",
+    )
 
     kit = sub.add_parser("kit", help="the lab (like up), and JupyterLab on the notebooks beside it")
     common(kit)
@@ -202,8 +213,19 @@ async def _cluster(
         yield lab
 
 
-def _ports(settings: Settings, text: str) -> list[int]:
-    ports = [int(p) for p in text.split(",") if p.strip()]
+def _ports(settings: Settings, args: argparse.Namespace) -> list[int]:
+    """The instances' ports, from --ports and --instances (ConfigError if they disagree)."""
+    if args.instances is not None and args.instances < 1:
+        raise ConfigError(f"--instances {args.instances}: at least one instance")
+    if args.ports:
+        try:
+            ports = [int(p) for p in args.ports.split(",") if p.strip()]
+        except ValueError:
+            raise ConfigError(f"--ports {args.ports!r}: want comma-separated port numbers") from None
+        if args.instances is not None and args.instances != len(ports):
+            raise ConfigError(f"--instances {args.instances} but --ports names {len(ports)}")
+    else:
+        ports = [8081 + i for i in range(args.instances or 2)]
     if settings.memory:
         print("embedded mode: one instance only (memory:// cannot be shared between processes)")
         ports = ports[:1]
@@ -233,14 +255,29 @@ async def _until_stopped(stop: asyncio.Event, children: list) -> int:
 
 
 async def _up(settings: Settings, args: argparse.Namespace) -> int:
-    ports = _ports(settings, args.ports)
+    ports = _ports(settings, args)
+    if args.balancer:
+        # nginx passes the Host header on, so the instances take the
+        # balancer's origin as their own: no allowed origin to add.
+        check_free("127.0.0.1", args.balancer, "pass another --balancer port")
+        nginx_binary()  # or a ConfigError saying how to install it, before anything starts
     stop = _wait_for_signal()
     try:
         async with _cluster(settings, ports, args.workers, args.instance_ids) as lab:
+            servers = [p for p in lab.processes if p.url]
+            if args.balancer:
+                await lab.start_balancer(servers, args.balancer)
             print("\nnotifylab is up:")
             for proc in lab.processes:
                 print(f"  {proc.name:10} {proc.url or ''}")
-            print("Open the URLs in your browser (each is one instance).", flush=True)
+            if args.balancer:
+                print(
+                    f"Open http://127.0.0.1:{args.balancer} in your browser: nginx spreads the logins "
+                    f"over the {len(servers)} instances (or open an instance's own URL).",
+                    flush=True,
+                )
+            else:
+                print("Open the URLs in your browser (each is one instance).", flush=True)
             print("Ctrl-C stops everything.", flush=True)
             return await _until_stopped(stop, lab.processes)
     except RuntimeError as exc:  # a child did not start
@@ -252,7 +289,7 @@ async def _up(settings: Settings, args: argparse.Namespace) -> int:
 
 async def _kit(settings: Settings, args: argparse.Namespace) -> int:
     kit_dir = find_kit_dir(args.kit_dir)
-    ports = _ports(settings, args.ports)
+    ports = _ports(settings, args)
     check_free(args.jupyter_ip, args.jupyter_port)
     # The React client in JupyterLab's tab is served through JupyterLab's
     # proxy: its requests come from JupyterLab's origin, which the instances

@@ -150,7 +150,7 @@ def open_browser(url: str) -> None:
             webbrowser.open(url)
 
 
-def check_free(ip: str, port: int) -> None:
+def check_free(ip: str, port: int, hint: str = "another JupyterLab? pass --jupyter-port") -> None:
     import socket
 
     with socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET) as s:
@@ -158,6 +158,4 @@ def check_free(ip: str, port: int) -> None:
         try:
             s.bind((ip, port))
         except OSError as exc:
-            raise ConfigError(
-                f"cannot listen on {ip}:{port} ({exc.strerror}): another JupyterLab? pass --jupyter-port"
-            ) from None
+            raise ConfigError(f"cannot listen on {ip}:{port} ({exc.strerror}): {hint}") from None

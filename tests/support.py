@@ -143,15 +143,16 @@ KIT_STOP_TIMEOUT = 60.0
 
 
 class Kit:
-    """``notifylab kit`` as a subprocess, as ``make up`` runs it; a thread
-    collects its output lines. Its waits block: Playwright's sync tests call
-    them as they are, async tests through ``asyncio.to_thread``."""
+    """``notifylab kit`` as a subprocess, as ``make up`` runs it (or
+    ``notifylab up``, with ``command``); a thread collects its output lines.
+    Its waits block: Playwright's sync tests call them as they are, async
+    tests through ``asyncio.to_thread``."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None):
+    def __init__(self, *args: str, env: dict[str, str] | None = None, command: str = "kit"):
         # Never NOTIFYLAB_KIT_ISOLATE (set for the lessons): the kernels must join the kit's cluster.
         inherited = {k: v for k, v in os.environ.items() if k != "NOTIFYLAB_KIT_ISOLATE"}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "notifylab", "kit", *args],
+            [sys.executable, "-m", "notifylab", command, *args],
             cwd=ROOT,
             env={**inherited, **(env or {})},
             stdin=subprocess.DEVNULL,
@@ -256,9 +257,9 @@ class Kit:
 
 
 @contextlib.contextmanager
-def running_kit(*args: str, env: dict[str, str] | None = None) -> Iterator[Kit]:
-    """``notifylab kit *args``, ``env`` over this environment; stopped after."""
-    kit = Kit(*args, env=env)
+def running_kit(*args: str, env: dict[str, str] | None = None, command: str = "kit") -> Iterator[Kit]:
+    """``notifylab kit *args`` (or ``command``), ``env`` over this environment; stopped after."""
+    kit = Kit(*args, env=env, command=command)
     try:
         yield kit
     finally:

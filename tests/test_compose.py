@@ -19,6 +19,7 @@ against a primary and a replica started with the compose servers' flags.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import http.server
 import json
@@ -28,7 +29,6 @@ import shlex
 import shutil
 import signal
 import socket
-import string
 import subprocess
 import sys
 import threading
@@ -43,6 +43,7 @@ import pytest
 import yaml
 
 from notifylab.config import Settings
+from notifylab.lab import balancer
 from notifylab.lab.redis_sentinel import RedisServer, ask
 from notifylab.redisurl import is_sentinel_url, parse_sentinel_url
 
@@ -50,7 +51,7 @@ ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 NGINX_CONF = ROOT / "deploy" / "nginx.conf"
-NGINX_TEMPLATE = ROOT / "deploy" / "nginx.native.conf.template"
+NGINX_TEMPLATE = balancer.TEMPLATE
 NGINX_HA_CONF = ROOT / "deploy" / "nginx.ha.conf"
 RABBITMQ_HA_CONF = ROOT / "deploy" / "rabbitmq-ha.conf"
 
@@ -239,13 +240,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def render_native(rundir: Path, port_a: int, port_b: int, lb_port: int) -> Path:
-    text = string.Template(NGINX_TEMPLATE.read_text()).safe_substitute(
-        PORT_A=port_a, PORT_B=port_b, LB_PORT=lb_port, RUNDIR=str(rundir)
-    )
-    conf = rundir / "nginx.conf"
-    conf.write_text(text)
-    return conf
+def render_native(rundir: Path, ports: list[int], lb_port: int) -> Path:
+    return balancer.render(rundir, ports, lb_port)
 
 
 def nginx_test(exe: str, conf: Path, prefix: Path) -> subprocess.CompletedProcess:
@@ -686,8 +682,7 @@ def test_nginx_configs_balance_and_stick_socketio():
     ha = NGINX_HA_CONF.read_text()
     assert re.search(r"server\s+server-a:8080", compose_conf)
     assert re.search(r"server\s+server-b:8080", compose_conf)
-    assert re.search(r"server\s+127\.0\.0\.1:\$\{PORT_A\}", native)
-    assert re.search(r"server\s+127\.0\.0\.1:\$\{PORT_B\}", native)
+    assert re.search(r"upstream\s+\w+\s*\{[^}]*^\$\{SERVERS\}$", native, re.S | re.M)
     assert re.search(r"server\s+ha-server-a:8080", ha)
     assert re.search(r"server\s+ha-server-b:8080", ha)
     for text in (compose_conf, native, ha):
@@ -721,10 +716,24 @@ def test_nginx_ha_config_is_the_compose_one_with_the_ha_upstreams():
 
 def test_nginx_accepts_the_native_template(tmp_path):
     exe = nginx_binary()
-    conf = render_native(tmp_path, free_port(), free_port(), free_port())
-    assert "${" not in conf.read_text()
+    conf = render_native(tmp_path, [free_port(), free_port(), free_port()], free_port())
+    assert "${" not in "\n".join(nginx_directives(conf.read_text()))
     result = nginx_test(exe, conf, tmp_path)
     assert result.returncode == 0, result.stderr
+
+
+def test_the_native_balancer_is_the_compose_one_on_loopback(tmp_path):
+    # Two copies of one balancer: what differs is only where its files go,
+    # where it listens and which instances it knows.
+    local = re.compile(r"^(pid|error_log|access_log|\w+_temp_path|listen|server \S+:\d+ )")
+    rendered = nginx_directives(render_native(tmp_path, [8081, 8082, 8083], 8080).read_text())
+    assert [line for line in rendered if not local.match(line)] == [
+        line for line in nginx_directives(NGINX_CONF.read_text()) if not local.match(line)
+    ]
+    servers = [line for line in rendered if line.startswith("server 127.0.0.1:")]
+    assert servers == [f"server 127.0.0.1:{p} max_fails=1 fail_timeout=10s;" for p in (8081, 8082, 8083)]
+    with pytest.raises(ValueError):
+        render_native(tmp_path, [], 8080)
 
 
 def test_nginx_accepts_the_compose_config(tmp_path):
@@ -769,33 +778,22 @@ class _Backend(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def test_native_lb_sticks_spreads_and_passes_websocket_headers(tmp_path):
-    exe = nginx_binary()
-    backends = []
-    for name in ("a", "b"):
-        srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Backend)
-        srv.daemon_threads = True
-        srv.name = name
-        threading.Thread(target=srv.serve_forever, daemon=True).start()
-        backends.append(srv)
+def backend(name: str) -> http.server.ThreadingHTTPServer:
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Backend)
+    srv.daemon_threads = True
+    srv.name = name
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv
+
+
+@contextlib.contextmanager
+def native_lb(tmp_path: Path, backends: list[http.server.ThreadingHTTPServer]):
+    """The native balancer in front of ``backends``; yields GET(path, headers) through it."""
     lb_port = free_port()
-    conf = render_native(tmp_path, backends[0].server_address[1], backends[1].server_address[1], lb_port)
+    conf = render_native(tmp_path, [srv.server_address[1] for srv in backends], lb_port)
+    nginx_binary()  # skips, or fails under CI, without nginx
     with open(tmp_path / "nginx.out", "w") as out:
-        proc = subprocess.Popen(
-            [
-                exe,
-                "-p",
-                str(tmp_path),
-                "-c",
-                str(conf),
-                "-e",
-                str(tmp_path / "error.log"),
-                "-g",
-                "daemon off;",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+        proc = subprocess.Popen(balancer.command(tmp_path, conf), stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 10
         while True:
@@ -812,25 +810,8 @@ def test_native_lb_sticks_spreads_and_passes_websocket_headers(tmp_path):
             with urllib.request.urlopen(req, timeout=5) as resp:
                 return json.load(resp)
 
-        # Without a session cookie: every request of this client on one instance.
-        assert len({get("/socket.io/?EIO=4&transport=polling")["name"] for _ in range(8)}) == 1
-        # With one: the same login always on the same instance, and different
-        # logins spread over both.
-        placed = {}
-        for i in range(24):
-            cookie = {"Cookie": f"notifylab_session=token{i}"}
-            first = get("/socket.io/?EIO=4&transport=polling", cookie)["name"]
-            assert all(get("/api/me", cookie)["name"] == first for _ in range(3))
-            placed[i] = first
-        assert set(placed.values()) == {"a", "b"}, placed
-        # The WebSocket upgrade headers reach the instance, and where the client came from.
-        seen = get(
-            "/socket.io/?EIO=4&transport=websocket", {"Upgrade": "websocket", "Connection": "Upgrade"}
-        )["headers"]
-        assert seen["upgrade"] == "websocket"
-        assert seen["connection"].lower() == "upgrade"
-        assert seen["x-forwarded-for"] == "127.0.0.1"
-        assert seen["host"] == f"127.0.0.1:{lb_port}"
+        get.port = lb_port
+        yield get
     finally:
         proc.send_signal(signal.SIGQUIT)
         try:
@@ -841,6 +822,48 @@ def test_native_lb_sticks_spreads_and_passes_websocket_headers(tmp_path):
         for srv in backends:
             srv.shutdown()
             srv.server_close()
+
+
+def login(i: int) -> dict[str, str]:
+    return {"Cookie": f"notifylab_session=token{i}"}
+
+
+def test_native_lb_sticks_spreads_and_passes_websocket_headers(tmp_path):
+    with native_lb(tmp_path, [backend("a"), backend("b")]) as get:
+        # Without a session cookie: every request of this client on one instance.
+        assert len({get("/socket.io/?EIO=4&transport=polling")["name"] for _ in range(8)}) == 1
+        # With one: the same login always on the same instance, and different
+        # logins spread over both.
+        placed = {}
+        for i in range(24):
+            first = get("/socket.io/?EIO=4&transport=polling", login(i))["name"]
+            assert all(get("/api/me", login(i))["name"] == first for _ in range(3))
+            placed[i] = first
+        assert set(placed.values()) == {"a", "b"}, placed
+        # The WebSocket upgrade headers reach the instance, and where the client came from.
+        seen = get(
+            "/socket.io/?EIO=4&transport=websocket", {"Upgrade": "websocket", "Connection": "Upgrade"}
+        )["headers"]
+        assert seen["upgrade"] == "websocket"
+        assert seen["connection"].lower() == "upgrade"
+        assert seen["x-forwarded-for"] == "127.0.0.1"
+        assert seen["host"] == f"127.0.0.1:{get.port}"
+
+
+def test_native_lb_spreads_a_dead_instances_users_and_moves_no_one_else(tmp_path):
+    # The consistent ring: when an instance dies, its users (and only they)
+    # move, spread over the others, instead of all landing on one neighbour.
+    backends = [backend(name) for name in "abc"]
+    with native_lb(tmp_path, backends) as get:
+        users = range(90)
+        before = {i: get("/api/me", login(i))["name"] for i in users}
+        assert set(before.values()) == {"a", "b", "c"}, before
+        backends[0].shutdown()
+        backends[0].server_close()
+        after = {i: get("/api/me", login(i))["name"] for i in users}
+        moved = {i: after[i] for i in users if before[i] == "a"}
+        assert all(after[i] == before[i] for i in users if before[i] != "a")
+        assert set(moved.values()) == {"b", "c"}, moved
 
 
 # --- (d) the `ha` profile's parts, natively -----------------------------------------

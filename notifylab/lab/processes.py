@@ -16,14 +16,18 @@ import asyncio
 import atexit
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import aiohttp
+
+from . import balancer
 
 READY_TIMEOUT = 30.0
 # Settings the lab's processes get unless the caller's environment (or
@@ -113,8 +117,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+NOTIFYLAB = (sys.executable, "-m", "notifylab")
+
+
 class LabProcess:
-    """One notifylab subprocess (``serve`` or ``worker``)."""
+    """One subprocess of the lab: ``notifylab serve`` or ``worker`` (``args``
+    after ``command``), or the load balancer (``command`` nginx's)."""
 
     def __init__(
         self,
@@ -123,8 +131,10 @@ class LabProcess:
         env: Mapping[str, str],
         log_path: Path | None,
         url: str | None = None,
+        command: Sequence[str] = NOTIFYLAB,
     ):
         self.name, self.args, self.env, self.log_path, self.url = name, args, dict(env), log_path, url
+        self.command = tuple(command)
         self.process: asyncio.subprocess.Process | None = None
 
     def __repr__(self) -> str:
@@ -141,14 +151,13 @@ class LabProcess:
 
     async def start(self) -> LabProcess:
         """Start it (or start it again after a stop or a kill, with the same
-        arguments and port); returns once a server answers ``/readyz``."""
+        arguments and port); returns once a server (or the balancer in front
+        of the servers) answers ``/readyz``."""
         # A quick local open, as the log file must exist before the child starts.
         out = open(self.log_path, "ab") if self.log_path else None  # noqa: ASYNC230
         try:
             self.process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "notifylab",
+                *self.command,
                 *self.args,
                 env=self.env,
                 stdout=out,
@@ -218,6 +227,7 @@ class Lab:
         if self.log_dir:
             self.log_dir.mkdir(parents=True, exist_ok=True)
         self.processes: list[LabProcess] = []
+        self._scratch: list[Path] = []  # the balancer's files, when there is no log_dir
 
     def _log(self, name: str) -> Path | None:
         return self.log_dir / f"{name}.log" if self.log_dir else None
@@ -243,8 +253,33 @@ class Lab:
         self.processes.append(proc)
         return await proc.start()
 
+    async def start_balancer(self, servers: Sequence[LabProcess], port: int | None = None) -> LabProcess:
+        """nginx on 127.0.0.1:``port`` in front of ``servers`` (started by
+        this lab), balanced as in the compose topology (``lab.balancer``);
+        returns once it answers ``/readyz`` from one of them."""
+        ports = [int(s.url.rsplit(":", 1)[1]) for s in servers if s.url]
+        port = port or free_port()
+        if self.log_dir:
+            rundir = self.log_dir / "balancer"
+        else:
+            rundir = Path(tempfile.mkdtemp(prefix="notifylab-lb-"))
+            self._scratch.append(rundir)
+        conf = balancer.render(rundir, ports, port)
+        proc = LabProcess(
+            "balancer",
+            [],
+            self.env,
+            self._log("balancer"),
+            url=f"http://127.0.0.1:{port}",
+            command=balancer.command(rundir, conf),
+        )
+        self.processes.append(proc)
+        return await proc.start()
+
     async def stop_all(self) -> None:
         await asyncio.gather(*(p.stop() for p in self.processes))
+        for folder in self._scratch:
+            shutil.rmtree(folder, ignore_errors=True)
 
     async def __aenter__(self) -> Lab:
         return self
