@@ -2,12 +2,14 @@
 
     python benchmarks/ladder.py [--users 200] [--rates 250,500,1000,2000] [--seconds 6]
                                 [--paths operations,publish] [--modes topic,fanout]
-                                [--per-publish 10] [--profile topic:operations:1000]
+                                [--per-publish 10] [--instances 2] [--profile topic:operations:1000]
                                 [--config base:topic:/tmp/notifylab-base --config new:topic ...]
 
-For each routing mode (``NOTIFYLAB_ROUTING``) it starts 2 server instances and
+For each routing mode (``NOTIFYLAB_ROUTING``) it starts 2 server instances
+(``--instances``; a list, e.g. 1,2,3, runs each mode once per count) and
 2 workers (one ``NOTIFYLAB_PREFIX`` for the whole run, so the users are
-registered once), connects every user twice (one socket on each instance,
+registered once), connects every user twice (the sockets round robin over the
+instances: one on each of two, or both on one if there is one,
 ``loadgen.mjs``: Node socket.io-client, websocket, in its own process), then
 climbs the rungs: for ``--seconds`` it offers a rate of notifications,
 
@@ -88,6 +90,20 @@ def cpu_seconds(proc: psutil.Process) -> float | None:
     return times.user + times.system
 
 
+def waited_seconds(proc: psutil.Process) -> float | None:
+    """Seconds ``proc``'s threads have spent runnable but waiting for a core
+    so far (Linux's schedstat, summed over its threads); None once it is gone
+    or where there is no schedstat. CPU seconds say how much a part worked;
+    this says how long it was kept from working by the others."""
+    total = 0
+    try:
+        for task in Path(f"/proc/{proc.pid}/task").iterdir():
+            total += int((task / "schedstat").read_text().split()[1])  # ns on the run queue
+    except (OSError, ValueError, IndexError):
+        return None
+    return total / 1e9
+
+
 def listening(ports: set[int], name: str) -> list[psutil.Process]:
     """The processes listening on ``ports``, with their children (RabbitMQ's
     beam.smp runs erl_child_setup, inet_gethost and its disk monitor's shell).
@@ -135,11 +151,16 @@ class CpuMeter:
     def __init__(self, groups: dict[str, list[psutil.Process]]) -> None:
         self.groups = groups
         self.before = {p.pid: cpu_seconds(p) for procs in groups.values() for p in procs}
+        self.waited_before = {p.pid: waited_seconds(p) for procs in groups.values() for p in procs}
         self.started, self.machine = time.monotonic(), busy_seconds(psutil.cpu_times())
 
     def _spent(self, proc: psutil.Process) -> float:
         before, now = self.before[proc.pid], cpu_seconds(proc)
         return now - before if before is not None and now is not None else 0.0
+
+    def _waited(self, proc: psutil.Process) -> float:
+        before, now = self.waited_before[proc.pid], waited_seconds(proc)
+        return max(0.0, now - before) if before is not None and now is not None else 0.0
 
     def read(self) -> tuple[dict[str, float], dict[str, float]]:
         """(CPU seconds per group, and the machine's: wall_s, busy_s, steal_s)."""
@@ -149,15 +170,27 @@ class CpuMeter:
         busy, steal = (after - before for after, before in zip(now, self.machine, strict=True))
         return spent, {"wall_s": wall, "busy_s": busy, "steal_s": steal}
 
+    def waited(self) -> dict[str, float]:
+        """Seconds each group's processes waited for a core (run queue), so far."""
+        return {name: sum(self._waited(p) for p in procs) for name, procs in self.groups.items()}
 
-def breakdown(cpu: dict[str, float], spent: dict[str, float], whole: dict[str, float]) -> dict:
+
+def breakdown(
+    cpu: dict[str, float], spent: dict[str, float], whole: dict[str, float], waited: dict[str, float]
+) -> dict:
     """A rung's ``cpu_breakdown``: the CPU seconds of each part of the system
     (``cpu``, the lab's processes, summed by kind; the other groups of
     ``spent`` as they are) and of the rest of the machine (``other``: its busy
     seconds minus all of those), and its cores busy on average, over the
-    interval of ``cpu_s``: where the cores went, when the rung saturates."""
-    parts = {"servers": kind_seconds(cpu, "server"), "workers": kind_seconds(cpu, "worker")}
-    parts |= {name: seconds for name, seconds in spent.items() if name not in cpu}
+    interval of ``cpu_s``: where the cores went, when the rung saturates.
+    ``waited_s``: the seconds each part was runnable but had no core."""
+
+    def by_part(seconds: dict[str, float]) -> dict[str, float]:
+        mine = {n: v for n, v in seconds.items() if n in cpu}
+        parts = {"servers": kind_seconds(mine, "server"), "workers": kind_seconds(mine, "worker")}
+        return parts | {name: v for name, v in seconds.items() if name not in cpu}
+
+    parts = by_part(spent)
     parts["other"] = whole["busy_s"] - sum(spent.values())
     return {
         "wall_s": round(whole["wall_s"], 2),
@@ -166,6 +199,7 @@ def breakdown(cpu: dict[str, float], spent: dict[str, float], whole: dict[str, f
         "steal_s": round(whole["steal_s"], 2),
         "cores_busy": round(whole["busy_s"] / whole["wall_s"], 2),
         "parts_s": {name: round(seconds, 2) for name, seconds in parts.items()},
+        "waited_s": {name: round(seconds, 2) for name, seconds in by_part(waited).items()},
     }
 
 
@@ -341,6 +375,7 @@ class Run:
         offered = await self.offer(path, rate, seconds)
         await self.drain()
         spent, whole = meter.read()
+        waited = meter.waited()
         cpu = {n: spent[n] for n in procs}
         counted = {k: v - counted[k] for k, v in (await self.counters()).items()}
         for spy in spies:
@@ -407,7 +442,7 @@ class Run:
             "reordered": reordered,
             "late_from_before": foreign,
             "cpu_s": {n: round(v, 1) for n, v in cpu.items()},
-            "cpu_breakdown": breakdown(cpu, spent, whole),
+            "cpu_breakdown": breakdown(cpu, spent, whole, waited),
             "gaps_filled": int(counted["notifylab_gaps_filled_total"]),
             "duplicates_dropped": int(counted["notifylab_duplicates_dropped_total"]),
             "window_s": window_s,
@@ -471,7 +506,8 @@ PARTS = ("servers", "workers", "rabbitmq", "redis", "loadgen", "driver", "other"
 
 def breakdown_table(rows: list[dict]) -> str:
     """Where the cores went, rung by rung: the CPU seconds of each part
-    (``cpu_breakdown``; a row of an older JSON without it is left out)."""
+    (``cpu_breakdown``; a row of an older JSON without it is left out), and
+    under them the seconds each part waited for a core."""
     lines = [
         f"{'mode':8} {'path':10} {'offered/s':>9} {'wall s':>6}  cpu s: "
         + " ".join(f"{part:>8}" for part in PARTS)
@@ -486,6 +522,13 @@ def breakdown_table(rows: list[dict]) -> str:
             + " ".join(f"{b['parts_s'][part]:>8.1f}" for part in PARTS)
             + f" {b['steal_s']:>6.1f}  {b['cores_busy']:.2f} of {b['cores']}"
         )
+        if "waited_s" in b:  # the same parts' seconds on the run queue, without a core
+            lines.append(
+                f"{'':8} {'':10} {'':>9} {'':>6} waited: "
+                + " ".join(
+                    f"{b['waited_s'][part]:>8.1f}" if part in b["waited_s"] else f"{'-':>8}" for part in PARTS
+                )
+            )
     return "\n".join(lines)
 
 
@@ -541,6 +584,12 @@ def _config(text: str) -> tuple[str, str, str | None]:
     return label, mode, checkout(rest[0], text) if rest else None
 
 
+def title_of(args: dict, users: int) -> str:
+    instances = args.get("instances", "2")  # runs before --instances was an option had 2
+    workers = args["workers"]
+    return f"notifylab throughput ladder, {instances} instances, {workers} workers, {users} users x 2 sockets"
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--users", type=int, default=200)
@@ -549,6 +598,12 @@ async def main() -> None:
     parser.add_argument("--paths", default="operations,publish")
     parser.add_argument("--modes", default="topic,fanout")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--instances",
+        default="2",
+        help="server instances per config; a list (1,2,3) runs each config once per count, "
+        "labelled LABELxN, to see what more processes on the same cores carry",
+    )
     parser.add_argument(
         "--per-publish",
         type=int,
@@ -573,11 +628,15 @@ async def main() -> None:
     args = parser.parse_args()
     if args.plot_only:
         saved = json.loads((HERE / "ladder_results.json").read_text())
-        users, workers = saved["args"]["users"], saved["args"]["workers"]
-        title = f"notifylab throughput ladder, 2 instances, {workers} workers, {users} users x 2 sockets"
-        plot(saved["rows"], HERE / "ladder.png", f"{title}; {saved['machine']}")
+        users = saved["args"]["users"]
+        plot(saved["rows"], HERE / "ladder.png", f"{title_of(saved['args'], users)}; {saved['machine']}")
         return
     configs = [_config(c) for c in args.config] or [(m, m, None) for m in args.modes.split(",")]
+    counts = [int(n) for n in args.instances.split(",")]
+    if len(counts) > 1:
+        configs = [(f"{label}x{n}", mode, tree, n) for label, mode, tree in configs for n in counts]
+    else:
+        configs = [(label, mode, tree, counts[0]) for label, mode, tree in configs]
     rates = [int(x) for x in args.rates.split(",")]
     about = machine()
     print(about, flush=True)
@@ -587,7 +646,7 @@ async def main() -> None:
     users: list[tuple[str, str]] = []
     instance_ids: list[str] = []
     try:
-        for label, mode, tree in configs:
+        for label, mode, tree, count in configs:
             env = {
                 **({"PYTHONPATH": tree} if tree else {}),  # its notifylab before the installed one
                 "NOTIFYLAB_STATIC_DIR": str(HERE.parent / "frontend" / "dist"),
@@ -599,7 +658,7 @@ async def main() -> None:
                 "NOTIFYLAB_WORKER_CONCURRENCY": "200",
                 "NOTIFYLAB_MAX_ACTIVE_OPERATIONS": "100",
             }
-            ids = [f"{label}{i}" for i in range(2)]
+            ids = [f"{label}{i}" for i in range(count)]
             instance_ids += ids
             async with Lab(env, log_dir=log_root / label) as lab:
                 servers = await asyncio.gather(*(lab.start_server(instance_id=i) for i in ids))
@@ -630,8 +689,7 @@ async def main() -> None:
     results = {"machine": about, "args": vars(args), "rows": rows}
     (HERE / "ladder_results.json").write_text(json.dumps(results, indent=1))
     if rows:
-        plot(rows, HERE / "ladder.png", f"notifylab throughput ladder, 2 instances, {args.workers} workers, "
-             f"{len(users)} users x 2 sockets; {about}")  # fmt: skip
+        plot(rows, HERE / "ladder.png", f"{title_of(vars(args), len(users))}; {about}")
     for found in sorted(HERE.glob("ladder_profile_*.txt")):
         if args.profile and args.profile.replace(":", "_") in found.name:
             print(top_costs(found))

@@ -2,7 +2,10 @@
 //
 //   node benchmarks/loadgen.mjs < spec.json
 //
-// spec: {"urls": [...], "tokens": [...], "count": N, "timeout": seconds, "offset": 0, "retry": false}
+// spec: {"urls": [...], "tokens": [...], "count": N, "timeout": seconds, "offset": 0, "retry": false,
+//        "cookie": false}
+// With "cookie", each socket also carries its session as the browser does, in the login cookie
+// (notifylab_session), which a load balancer hashes to pick the socket's instance.
 // With "retry", a connect refused with "service unavailable", or failed with "websocket
 // error" (the 503 a full instance answers before the upgrade, or the 429 to an address
 // opening sockets too fast), is tried again after a full-jitter backoff, as notifylab's
@@ -84,6 +87,7 @@ async function connectMany(count) {
       const socket = io(spec.urls[i % spec.urls.length], {
         transports: ["websocket"],
         auth: { session: spec.tokens[i % spec.tokens.length] },
+        ...(spec.cookie ? { extraHeaders: { Cookie: `notifylab_session=${spec.tokens[i % spec.tokens.length]}` } } : {}),
         reconnection: false,
         forceNew: true,
         timeout: spec.timeout * 1000,

@@ -84,7 +84,11 @@ SERVERS = {
     "bare": ("bare", False),
     "notifylab": ("notifylab", False),
     "notifylab+deflate": ("notifylab", True),
+    "notifylab+lb": ("notifylab", False),
 }
+# Two instances behind nginx (notifylab.lab.balancer), as the compose topology
+# runs them: the sockets carry their login cookie, which nginx hashes. Storms only.
+BALANCED = {"notifylab+lb"}
 
 
 def machine() -> str:
@@ -127,10 +131,17 @@ class Loadgen:
     all at once (:meth:`storm`) or in batches (:meth:`batched`)."""
 
     def __init__(
-        self, urls: list[str], tokens: list[str], count: int, timeout: float, retry: bool = False
+        self,
+        urls: list[str],
+        tokens: list[str],
+        count: int,
+        timeout: float,
+        retry: bool = False,
+        cookie: bool = False,
     ) -> None:
         self.urls, self.tokens, self.count, self.timeout = urls, tokens, count, timeout
         self.retry = retry  # refused sockets try again with jittered backoff, as our clients do
+        self.cookie = cookie  # the session in the login cookie too, which a balancer hashes
         self.procs: list[asyncio.subprocess.Process] = []
 
     def _parts(self) -> list[int]:
@@ -160,6 +171,7 @@ class Loadgen:
                 "timeout": self.timeout,
                 "offset": i * PER_LOADGEN,
                 "retry": self.retry,
+                "cookie": self.cookie,
             }
             assert proc.stdin is not None
             proc.stdin.write(json.dumps(spec).encode() + b"\n\n")
@@ -318,6 +330,9 @@ class Target:
         self.url = ""
         self.port = 0
         self.log_path: Path | None = None
+        self.log_paths: list[Path | None] = []
+        self.pids: list[int] = []  # the server processes (two behind a balancer)
+        self.instance_urls: list[str] = []  # behind a balancer: each instance's own
         self.trace_file = str(log_dir / f"trace-{self.prefix}")
         self.dumps = 0
 
@@ -335,10 +350,18 @@ class Target:
     async def start(self) -> None:
         self.port = port = free_port()
         self.url = f"http://127.0.0.1:{port}"
+        if self.name in BALANCED:
+            self.lab = Lab(self.env(), log_dir=self.log_dir / self.prefix)
+            servers = [await self.lab.start_server(instance_id=i) for i in "ab"]
+            await self.lab.start_balancer(servers, port)
+            self.pids = [s.pid for s in servers if s.pid]
+            self.log_paths = [s.log_path for s in servers if s.log_path]
+            self.instance_urls = [s.url for s in servers if s.url]
+            return
         if self.kind == "notifylab" and not self.traced:
             self.lab = Lab(self.env(), log_dir=self.log_dir)
             server = await self.lab.start_server(port=port)
-            self.pid, self.log_path = server.pid, server.log_path
+            self.pids, self.log_paths = [server.pid], [server.log_path]
             return
         if self.traced:
             args = [str(HERE / "traced_serve.py"), "--port", str(port), "--instance-id", f"t{port}"]
@@ -348,6 +371,7 @@ class Target:
         if self.kind == "bare" and not self.deflate:
             args.append("--no-compression")
         self.log_path = self.log_dir / f"{self.name}-{port}.log"
+        self.log_paths = [self.log_path]
         with open(self.log_path, "ab") as out:  # noqa: ASYNC230 (a local file, before the child starts)
             self.proc = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -356,7 +380,7 @@ class Target:
                 stdout=out,
                 stderr=asyncio.subprocess.STDOUT,
             )
-        self.pid = self.proc.pid
+        self.pids = [self.proc.pid]
         async with aiohttp.ClientSession() as http, asyncio.timeout(120):  # tracemalloc, on a loaded box
             while True:
                 try:
@@ -373,11 +397,18 @@ class Target:
             return ["x" * 40]
         return await register_tokens(self.url, max(1, -(-sockets // per_session)))
 
+    @property
+    def pid(self) -> int:
+        """The (first) server process."""
+        return self.pids[0]
+
     def bad_lines(self) -> list[str]:
-        if not self.log_path or not self.log_path.exists():
-            return []
-        text = self.log_path.read_text(errors="replace")
-        return [line for line in text.splitlines() if any(b in line for b in BAD_LINES)]
+        lines = []
+        for path in self.log_paths:
+            if path and path.exists():
+                text = path.read_text(errors="replace")
+                lines += [line for line in text.splitlines() if any(b in line for b in BAD_LINES)]
+        return lines
 
     async def snapshot(self) -> tuple[tracemalloc.Snapshot, dict[str, list[int]]]:
         assert self.proc is not None
@@ -440,13 +471,15 @@ async def storm(
     await target.start()
     try:
         tokens = await target.tokens(size, per_session)
-        server_cpu = _cpu(target.pid)
-        rss0 = rss_mib(target.pid)
-        gen = Loadgen([target.url], tokens, size, timeout, retry=retry)
+        server_cpu = sum(map(_cpu, target.pids))
+        rss0 = sum(map(rss_mib, target.pids))
+        gen = Loadgen([target.url], tokens, size, timeout, retry=retry, cookie=name in BALANCED)
         try:
             result = await gen.storm()
-            result["server_cpu_s"] = _cpu(target.pid) - server_cpu
-            result["rss_before_mib"], result["rss_after_mib"] = rss0, rss_mib(target.pid)
+            result["server_cpu_s"] = sum(map(_cpu, target.pids)) - server_cpu
+            result["rss_before_mib"], result["rss_after_mib"] = rss0, sum(map(rss_mib, target.pids))
+            if target.instance_urls:  # how the balancer spread them
+                result["per_instance"] = [await sockets_on(url) for url in target.instance_urls]
         finally:
             await gen.quit()
         await asyncio.sleep(1)
@@ -455,6 +488,15 @@ async def storm(
         return {**_row(target, "storm", size), **result}
     finally:
         await target.stop()
+
+
+async def sockets_on(url: str) -> int:
+    """The Socket.IO connections an instance holds (its ``/metrics``)."""
+    async with aiohttp.ClientSession() as http, http.get(f"{url}/metrics") as response:
+        for line in (await response.text()).splitlines():
+            if line.startswith("notifylab_sockets_connected "):
+                return int(float(line.split()[1]))
+    return -1
 
 
 def census_diff(c0: dict[str, list[int]], c1: dict[str, list[int]], per: int, top: int = 20) -> list[str]:
@@ -545,7 +587,7 @@ def table(results: list[dict]) -> str:
         lines.append(
             f"{'storm (at once)':<16}{'server':>18}{'hello':>7}{'failed':>7}{'silent':>7}{'all in s':>9}"
             f"{'p50 s':>7}{'vs bare':>8}{'srv CPU s':>10}{'gen CPU s':>10}{'errlog':>7}{'gens':>5}"
-            f"{'retried':>8}"
+            f"{'retried':>8}  per instance"
         )
         base = {(r["size"], r["deflate"]): r for r in storms if SERVERS[r["server"]][0] == "bare"}
         for r in storms:
@@ -557,7 +599,7 @@ def table(results: list[dict]) -> str:
                 f"{r['size']:<16}{r['server']:>18}{r['hellos']:>7}{r['failed']:>7}{r['unanswered']:>7}"
                 f"{_fmt(r['all_s'], '.2f'):>9}{r['p50_s']:>7.2f}{ratio:>8}{r['server_cpu_s']:>10.1f}"
                 f"{r['loadgen_cpu_s']:>10.1f}{r['bad_log_lines']:>7}{r['loadgens']:>5}"
-                f"{r.get('retried', 0):>8}"
+                f"{r.get('retried', 0):>8}  {'/'.join(map(str, r.get('per_instance', [])))}"
             )
     mems = [r for r in results if r["scenario"].startswith("memory")]
     if mems:
@@ -685,6 +727,8 @@ async def main() -> None:
         if args.scenario in ("memory", "all"):
             for size in [int(x) for x in args.memory_sizes.split(",") if x]:
                 for name in servers:
+                    if name in BALANCED:
+                        continue  # memory is measured per instance
                     print(f"memory {size} on {name} (batches of {args.batch}) ...", flush=True)
                     r = await memory(
                         name, size, log_dir, args.timeout, args.batch, pythonpath=args.pythonpath
