@@ -93,7 +93,7 @@ bench: setup services  ## every benchmark at a modest size, in figures
 	cd benchmarks && npm ci --no-audit --no-fund  # the Node floor's socket.io and amqplib
 	$(BIN)/python benchmarks/routing.py
 	$(BIN)/python benchmarks/cost.py --floor --floor-node
-	$(BIN)/python benchmarks/scale.py all --storm-sizes 500,1000 --memory-sizes 1000 --servers bare,notifylab --trace 0
+	$(BIN)/python benchmarks/scale.py all --storm-sizes 500,1000 --memory-sizes 1000 --servers bare,notifylab,notifylab+lb --trace 0
 	$(BIN)/python benchmarks/ladder.py --users 200 --rates 250,500,1000
 
 bench-targets: setup services  ## the storm, idle memory and throughput at the sizes of the targets

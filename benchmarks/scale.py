@@ -3,15 +3,17 @@
     python benchmarks/scale.py storm  [--storm-sizes 500,1000,10000]
     python benchmarks/scale.py memory [--memory-sizes 1000,10000] [--batch 250] [--trace 1000]
     python benchmarks/scale.py all
-    [--servers bare+deflate,bare,notifylab,notifylab+deflate] [--pythonpath DIR] [--log-dir DIR]
+    [--servers bare+deflate,bare,notifylab,notifylab+deflate,notifylab+lb] [--pythonpath DIR] [--log-dir DIR]
 
 Each scenario runs, in the same run, against one notifylab instance
 (``notifylab.lab.Lab``, a fresh ``NOTIFYLAB_PREFIX``, no worker) and against a
 bare python-socketio server (``bare_server.py``: no Redis, no RabbitMQ) as the
 baseline, each with websocket permessage-deflate off and on: ``notifylab`` is
 the default (``NOTIFYLAB_WS_COMPRESSION=false``), ``notifylab+deflate`` sets it
-true, ``bare+deflate`` is python-socketio as shipped (aiohttp compresses by
-default) and ``bare`` is the same with ``compress=False``. "vs bare" is the
+true, ``notifylab+lb`` (storms only) is two instances behind nginx as the
+compose topology runs them, ``bare+deflate`` is python-socketio as shipped
+(aiohttp compresses by default) and ``bare`` is the same with
+``compress=False``. "vs bare" is the
 ratio to the bare server with the same deflate setting.
 
 The sockets come from ``loadgen.mjs`` (Node's socket.io-client, websocket
