@@ -25,6 +25,9 @@ duplicated (received twice), reordered (received out of stream order). Latency
 is the socket's receive time minus the notification's ``ts``; the delivered
 rate counts each notification once per user (not per socket), from the rung's
 start to its last delivery. Writes ``ladder_results.json`` and ``ladder.png``;
+The HTTP calls come from ``offer.mjs`` (Node's http client, ``--driver
+node``, the default) or from this process (aiohttp, ``--driver python``), the
+same calls either way; Node's takes less of the cores the system needs.
 ``--profile`` runs py-spy on one server instance during the named rung
 (``pip install py-spy`` in the venv; it needs ptrace). See benchmarks/README.md.
 """
@@ -88,6 +91,28 @@ def cpu_seconds(proc: psutil.Process) -> float | None:
     except psutil.Error:
         return None
     return times.user + times.system
+
+
+async def node_line(proc: asyncio.subprocess.Process, event: str) -> dict:
+    """offer.mjs's next line, which must be ``event``."""
+    assert proc.stdout is not None
+    line = await asyncio.wait_for(proc.stdout.readline(), 120)
+    if not line:
+        raise RuntimeError(f"offer.mjs exited ({await proc.wait()}) before saying {event!r}")
+    message = json.loads(line)
+    if message.get("event") != event:
+        raise RuntimeError(f"offer.mjs said {message}, not {event!r}")
+    return message
+
+
+async def go(proc: asyncio.subprocess.Process) -> dict:
+    """Let offer.mjs make its offer; what its calls came to, as ``Run.offer``'s.
+    It stays until its stdin is closed, so that its CPU seconds can be read."""
+    assert proc.stdin is not None
+    proc.stdin.write(b"go\n")
+    await proc.stdin.drain()
+    done = await node_line(proc, "done")
+    return {"calls": done["calls"], "skipped": done["skipped"], "statuses": done["statuses"]}
 
 
 def waited_seconds(proc: psutil.Process) -> float | None:
@@ -230,9 +255,11 @@ class Run:
         urls: list[str],
         lab: Lab,
         per_publish: int = PER_PUBLISH,
+        driver: str = "node",
     ):
         self.mode, self.prefix, self.users, self.urls, self.lab = mode, prefix, users, urls, lab
         self.per_publish = per_publish  # users named by one publish call
+        self.driver = driver  # who makes the HTTP calls: offer.mjs (node) or this process (python)
         self.redis = make_client(Settings(prefix=prefix).redis_url, decode_responses=True)
         self.settings = Settings(prefix=prefix)
         self.loadgen: Loadgen | None = None
@@ -251,11 +278,12 @@ class Run:
             await p.stdin.drain()
         return [await self.loadgen._line(p) for p in self.loadgen.procs]
 
-    def beside(self) -> dict[str, list[psutil.Process]]:
+    def beside(self, offerer: asyncio.subprocess.Process | None = None) -> dict[str, list[psutil.Process]]:
         """The processes sharing the machine with the lab's, by part: the
         broker, Redis (the ports of the URLs the lab's processes use; none for
-        a Sentinel URL, whose primary moves), the load generator and this
-        process (the HTTP driver; not its children, the lab's processes)."""
+        a Sentinel URL, whose primary moves), the load generator and the HTTP
+        driver (this process, not its children, the lab's processes; and
+        ``offerer``, offer.mjs, when it makes the calls)."""
         assert self.loadgen is not None
         redis_url = self.settings.redis_url
         return {
@@ -264,7 +292,7 @@ class Run:
                 set() if is_sentinel_url(redis_url) else {urlsplit(redis_url).port or 6379}, "redis-server"
             ),
             "loadgen": [psutil.Process(p.pid) for p in self.loadgen.procs],
-            "driver": [psutil.Process()],
+            "driver": [psutil.Process(), *([psutil.Process(offerer.pid)] if offerer else [])],
         }
 
     async def lasts(self) -> list[str]:
@@ -278,6 +306,31 @@ class Run:
             for name, _ in self.users:
                 pipe.xlen(self.settings.key("inbox", name))
             return sum(await pipe.execute())
+
+    async def node_offer(self, path: str, rate: int, seconds: float) -> asyncio.subprocess.Process:
+        """offer.mjs, told the offer and ready to make it at :func:`go`."""
+        spec = {
+            "path": path,
+            "urls": self.urls,
+            "users": self.users,
+            "rate": rate,
+            "seconds": seconds,
+            "per_call": PER_OPERATION if path == "operations" else self.per_publish,
+            "per_publish": self.per_publish,
+            "api_key": API_KEY,
+            "steps": STEPS,
+            "step_seconds": STEP_SECONDS,
+            "in_flight": IN_FLIGHT,
+            "tick": TICK,
+        }
+        proc = await asyncio.create_subprocess_exec(
+            "node", str(HERE / "offer.mjs"), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+        )
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(json.dumps(spec).encode() + b"\n")
+        await proc.stdin.drain()
+        await node_line(proc, "ready")
+        return proc
 
     async def offer(self, path: str, rate: int, seconds: float) -> dict:
         """Offer ``rate`` notifications/s for ``seconds``; the calls' outcomes."""
@@ -359,7 +412,8 @@ class Run:
         counted = await self.counters()
         await self.command("reset")
         procs = {p.name: [psutil.Process(p.pid)] for p in self.lab.processes if p.pid}
-        meter = CpuMeter({**procs, **self.beside()})
+        offerer = await self.node_offer(path, rate, seconds) if self.driver == "node" else None
+        meter = CpuMeter({**procs, **self.beside(offerer)})
         spies = []
         if profile:  # py-spy on one server instance and one worker, for the offer's duration
             for kind in ("server", "worker"):
@@ -372,10 +426,14 @@ class Run:
                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                 ))  # fmt: skip
         t0 = time.time() * 1000
-        offered = await self.offer(path, rate, seconds)
+        offered = await go(offerer) if offerer else await self.offer(path, rate, seconds)
         await self.drain()
         spent, whole = meter.read()
         waited = meter.waited()
+        if offerer:  # read, so it may go
+            assert offerer.stdin is not None
+            offerer.stdin.close()
+            await offerer.wait()
         cpu = {n: spent[n] for n in procs}
         counted = {k: v - counted[k] for k, v in (await self.counters()).items()}
         for spy in spies:
@@ -599,6 +657,13 @@ async def main() -> None:
     parser.add_argument("--modes", default="topic,fanout")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument(
+        "--driver",
+        choices=["node", "python"],
+        default="node",
+        help="who makes the HTTP calls: offer.mjs (node, the default: a fraction of the CPU) "
+        "or this process (python, aiohttp: the driver before issue 13's third pass)",
+    )
+    parser.add_argument(
         "--instances",
         default="2",
         help="server instances per config; a list (1,2,3) runs each config once per count, "
@@ -668,7 +733,7 @@ async def main() -> None:
                     t = time.monotonic()
                     users = await register(urls[0], args.users)
                     print(f"registered {len(users)} users in {time.monotonic() - t:.1f}s", flush=True)
-                run = Run(label, prefix, users, urls, lab, args.per_publish)
+                run = Run(label, prefix, users, urls, lab, args.per_publish, args.driver)
                 try:
                     storm = await run.connect()
                     print(f"{label}: {storm['hellos']}/{storm['count']} sockets welcomed", flush=True)
