@@ -6,14 +6,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aio_pika
 from pamqp import body, commands, frame, header, heartbeat
 from yarl import URL
 
 from notifylab.bus.amqp import CHANNEL
-from notifylab.bus.consumer import Consumer, ConsumerProtocol
+from notifylab.bus.consumer import MISSING_GRACE, Consumer, ConsumerProtocol
 from support import BROKER, drop_broker_connection, new_prefix
 
 
@@ -125,7 +125,7 @@ class Received:
 
 @contextlib.asynccontextmanager
 async def consuming(
-    what: str,
+    what: str, on_missing: Callable[[], Awaitable[None]] | None = None
 ) -> AsyncIterator[tuple[str, aio_pika.abc.AbstractConnection, Received, Consumer]]:
     """A queue declared as an instance's, and a started ``Consumer`` of it
     recording what it hands on; the queue's name, a connection to publish
@@ -134,7 +134,7 @@ async def consuming(
     connection = await aio_pika.connect(BROKER)
     await _declare(connection, name)
     received = Received()
-    consumer = Consumer(lambda: BROKER, name, 100, received)
+    consumer = Consumer(lambda: BROKER, name, 100, received, on_missing)
     await consumer.start()
     try:
         yield name, connection, received, consumer
@@ -181,3 +181,30 @@ async def test_a_deleted_queue_is_consumed_again_once_it_is_back():
         await _declare(connection, name)
         await _publish(connection, name, [b"after"])
         assert await received.until(2) == [b"before", b"after"]
+
+
+async def test_a_queue_still_missing_after_the_grace_is_declared_again_through_on_missing():
+    """Nobody declares the queue again (aio-pika failed to restore it):
+    after MISSING_GRACE the consumer asks ``on_missing`` to, then consumes
+    it; before the grace it does not ask (aio-pika may be about to)."""
+    asked: list[float] = []
+    was_asked = asyncio.Event()
+    holder: dict = {}
+
+    async def on_missing() -> None:
+        asked.append(asyncio.get_running_loop().time())
+        await _declare(holder["connection"], holder["name"])
+        was_asked.set()
+
+    async with consuming("missing", on_missing) as (name, connection, received, _):
+        holder.update(connection=connection, name=name)
+        await _publish(connection, name, [b"before"])
+        await received.until(1)
+        deleted = asyncio.get_running_loop().time()
+        await (await connection.channel()).queue_delete(name)
+        async with asyncio.timeout(MISSING_GRACE + 10):
+            await was_asked.wait()
+        assert asked[0] - deleted >= MISSING_GRACE
+        await _publish(connection, name, [b"after"])
+        assert await received.until(2) == [b"before", b"after"]
+        assert len(asked) == 1

@@ -14,6 +14,7 @@ from pamqp import commands
 from notifylab.bus.consumer import ACK_DELAY, ACK_EVERY, ConsumerProtocol
 from notifylab.bus.managers import TopicManager, emit_message
 from notifylab.config import Settings
+from notifylab.lab.verdict import verdict
 from support import new_prefix, servers
 
 STEPS = 5
@@ -224,3 +225,34 @@ async def test_a_malformed_message_on_the_bus_is_dropped_and_the_batch_goes_on(s
     lines = [r for r in caplog.records if "malformed" in r.getMessage()]
     assert 1 <= len(lines) <= 5, len(lines)  # a budget, not a line per message
     assert await _left_in(settings) == 0  # dropped means acked, not sent back
+
+
+async def test_an_instance_whose_queue_vanishes_declares_it_again_with_its_bindings(make_lab, clients):
+    # What a node's death does to an instance's queue when aio-pika fails to
+    # restore its channel after the failover (seen once in CI): the queue is
+    # gone and nothing declares it. Deleted here under a running instance:
+    # its consumer waits MISSING_GRACE, then the instance declares it again,
+    # with every user's binding, and catches up from the streams.
+    lab = await make_lab()
+    url_a, url_b = servers(lab)
+    ann = await clients(url_a)
+    bob = await clients(url_b)
+    queue = Settings.from_env(lab.env).instance_queue("a")
+    connection = await aio_pika.connect(Settings.from_env(lab.env).broker_urls[0])
+    async with connection:
+        await (await connection.channel()).queue_delete(queue)
+    # Published while the queue is missing (a's own "queued" aside): it
+    # reaches no queue of a's, only ann's stream.
+    gone = await bob.start("report", steps=1, step_seconds=0.01)
+    await bob.wait_operation(gone["id"])
+    meanwhile = await (await clients(url_b, user=ann.user)).start("report", steps=2, step_seconds=0.01)
+    final = await ann.wait_operation(meanwhile["id"], 30)  # caught up from the stream
+    assert final["type"] == "operation.succeeded"
+    # And bound again: what comes next arrives by the bus.
+    after = await (await clients(url_b, user=ann.user)).start("report", steps=2, step_seconds=0.05)
+    assert (await ann.wait_operation(after["id"], 15))["type"] == "operation.succeeded"
+    connection = await aio_pika.connect(Settings.from_env(lab.env).broker_urls[0])
+    async with connection:
+        declared = await (await connection.channel()).declare_queue(queue, passive=True)
+        assert declared.declaration_result.consumer_count == 1
+    (await verdict(ann)).assert_clean()

@@ -57,6 +57,10 @@ def method_id(class_id: int, method: int) -> int:
     return class_id << 16 | method
 
 
+class Missing(ConnectionError):
+    """The broker closed the channel with 404: no such queue (or exchange)."""
+
+
 class AmqpProtocol(asyncio.Protocol):
     """One AMQP connection with one channel open: the handshake, heartbeats,
     closing, and the cutting of what arrives into frames.
@@ -66,7 +70,8 @@ class AmqpProtocol(asyncio.Protocol):
     the connection is over. A subclass reads the hot path's frames in
     ``_fast`` (method frames, by their class and method ids) and
     ``_content`` (content header and body frames), and its other replies
-    in ``_reply``; ``_read`` runs after each read's frames are done."""
+    in ``_reply``; ``_read`` runs after each read's frames are done.
+    ``failure`` says why the connection ended (:class:`Missing` for a 404)."""
 
     PRODUCT = "notifylab"  # what the broker shows of the connection (rabbitmqctl list_connections)
 
@@ -82,6 +87,7 @@ class AmqpProtocol(asyncio.Protocol):
         self._heartbeat = 0.0  # negotiated, seconds; 0: none
         self._heard = loop.time()  # when the broker last sent anything
         self._beat: asyncio.TimerHandle | None = None
+        self.failure: ConnectionError | None = None  # why it ended, once it has
 
     @property
     def open(self) -> bool:
@@ -98,6 +104,8 @@ class AmqpProtocol(asyncio.Protocol):
         if self._beat is not None:
             self._beat.cancel()
         problem = exc or ConnectionError("the broker closed the connection")
+        if self.failure is None:
+            self.failure = problem if isinstance(problem, ConnectionError) else ConnectionError(str(problem))
         if not self.ready.done():
             self.ready.set_exception(problem)
         self._ended(ConnectionError(f"the connection to RabbitMQ was lost ({problem})"))
@@ -117,10 +125,11 @@ class AmqpProtocol(asyncio.Protocol):
         if self._transport is not None:
             self._transport.write(frame.marshal(value, channel))
 
-    def _fail(self, problem: str) -> None:
+    def _fail(self, problem: str, kind: type[ConnectionError] = ConnectionError) -> None:
         log.error("%s: %s; connecting again", self.PRODUCT, problem)
+        self.failure = kind(problem)
         if not self.ready.done():
-            self.ready.set_exception(ConnectionError(problem))
+            self.ready.set_exception(self.failure)
         self.abort()
 
     # -- what the subclasses fill in ----------------------------------------
@@ -207,7 +216,8 @@ class AmqpProtocol(asyncio.Protocol):
                     self._send(commands.Channel.CloseOk(), channel)
                 else:
                     self._send(commands.Connection.CloseOk(), 0)
-                self._fail(f"the broker closed the {'channel' if channel else 'connection'}: {reply}")
+                kind = Missing if method.reply_code == 404 else ConnectionError
+                self._fail(f"the broker closed the {'channel' if channel else 'connection'}: {reply}", kind)
             case commands.Connection.CloseOk():
                 if self._transport is not None:
                     self._transport.close()

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from pamqp import commands, frame
 from yarl import URL
 
 from ..config import redact
 from ..errors import ServiceUnavailable
-from .amqp import FRAME_HEADER, U64, AmqpProtocol, connect, method_id
+from .amqp import FRAME_HEADER, U64, AmqpProtocol, Missing, connect, method_id
 from .broker import RECONNECT_SECONDS
 
 log = logging.getLogger(__name__)
@@ -29,6 +29,10 @@ log = logging.getLogger(__name__)
 ACK_EVERY = 256  # messages acknowledged at once at most (below the prefetch, or the broker would wait)
 ACK_DELAY = 0.02  # seconds an ack waits for more messages to cover
 CONSUMER_TAG = "notifylab"
+# Seconds a queue may be missing before the consumer asks for it to be
+# declared again (``on_missing``): time for aio-pika to restore it after a
+# failover, which takes a second or two when it works.
+MISSING_GRACE = 3.0
 DELIVER = method_id(60, 60)  # Basic.Deliver
 
 OnBatch = Callable[[list[bytes]], None]
@@ -82,7 +86,7 @@ class ConsumerProtocol(AmqpProtocol):
             case commands.Basic.Cancel():
                 # The broker ended our consumer: the queue was deleted (its
                 # node died, or it expired). Start over on a new connection.
-                self._fail("the broker cancelled the consumer (the queue is gone)")
+                self._fail("the broker cancelled the consumer (the queue is gone)", Missing)
 
     # -- deliveries -------------------------------------------------------
 
@@ -154,13 +158,24 @@ class Consumer:
     again. If the queue itself went with a node, aio-pika declares it again
     with its bindings and the feed catches up from the streams
     (``managers.py``); until the queue is back, an attempt to consume it is
-    refused and tried again."""
+    refused and tried again. Should it still be missing after
+    ``MISSING_GRACE`` seconds (aio-pika failed to restore it, or someone
+    deleted it), ``on_missing`` is awaited to declare it again, and again
+    each ``MISSING_GRACE`` while it stays missing."""
 
-    def __init__(self, url: Callable[[], str], queue: str, prefetch: int, on_batch: OnBatch):
+    def __init__(
+        self,
+        url: Callable[[], str],
+        queue: str,
+        prefetch: int,
+        on_batch: OnBatch,
+        on_missing: Callable[[], Awaitable[None]] | None = None,
+    ):
         self.url = url
         self.queue = queue
         self.prefetch = prefetch
         self.on_batch = on_batch
+        self.on_missing = on_missing
         self._protocol: ConsumerProtocol | None = None
         self._task: asyncio.Task | None = None
         self._closing = False
@@ -181,16 +196,28 @@ class Consumer:
         )
 
     async def _keep(self) -> None:
+        loop = asyncio.get_running_loop()
         while not self._closing:
             assert self._protocol is not None
             await asyncio.shield(self._protocol.lost)  # cancelling this task leaves it to close()
             if self._closing:
                 return
             log.warning("the consumer of %s lost its connection; reconnecting", self.queue)
+            missing_since = loop.time() if isinstance(self._protocol.failure, Missing) else None
             while not self._closing:
                 await asyncio.sleep(RECONNECT_SECONDS)
                 try:
                     self._protocol = await self._connect()
+                except Missing:
+                    missing_since = missing_since or loop.time()
+                    if self.on_missing is not None and loop.time() - missing_since >= MISSING_GRACE:
+                        log.warning("%s is still missing: declaring it again", self.queue)
+                        try:
+                            await self.on_missing()
+                        except Exception:  # the broker may be away again: the next round tries
+                            log.exception("declaring %s again failed", self.queue)
+                        missing_since = loop.time()
+                    continue
                 except (OSError, TimeoutError, ConnectionError) as exc:
                     log.debug("consuming %s: %s", self.queue, exc)
                     continue

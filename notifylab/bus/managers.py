@@ -20,6 +20,7 @@ Every manager here has ``start_publisher()``, ``start_listener()`` and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -148,6 +149,8 @@ class _TopicTransport(AsyncPubSubManager):
         # python-socketio handles them: its listener task reads them here.
         self._control: asyncio.Queue[dict] = asyncio.Queue()
         self._consumer: Consumer | None = None
+        self._bound: set[str] = set()  # the users whose key the queue is bound to
+        self._binding = asyncio.Lock()  # one change of the bindings at a time, and not during _declare
         self.on_reconnect: list[Callable[[], Awaitable[None]]] = []  # run after the listener reconnects
 
     async def start_publisher(self) -> None:
@@ -166,34 +169,55 @@ class _TopicTransport(AsyncPubSubManager):
     async def start_listener(self) -> None:
         """Declare this instance's queue and start consuming it. Called at
         start-up (python-socketio would wait for the first socket)."""
-        self._listener = await connect_broker(self.settings.broker_urls)
-        channel = self._channel = await self._listener.channel()
-        self._listen_exchange = await channel.declare_exchange(
-            self.channel, aio_pika.ExchangeType.TOPIC, durable=True
-        )
+        self._listener = listener = await connect_broker(self.settings.broker_urls)
         name = self.settings.instance_queue()
         # A previous run of this instance id may have left its queue (and its
         # users' bindings) behind: start clean.
+        channel = await listener.channel()
         await channel.queue_delete(name)
-        # Not exclusive, so a short disconnect keeps the queue and what it
-        # holds; it expires a minute after its instance is gone for good.
-        # Not durable, and a classic queue: it lives on the node we are
-        # connected to, and goes when that node dies. That is fine: it is
-        # this instance's alone, and everything it held is in the streams.
-        # After failing over to another node, aio-pika declares it there
-        # again with its bindings, our consumer consumes it there again
-        # (consumer.py), and the feed reads the streams past its cursors
-        # (_reconnected).
-        self._queue = await channel.declare_queue(name, arguments={"x-expires": 60_000})
-        await self._queue.bind(self._listen_exchange, "control.#")
-        listener = self._listener
+        await self._declare(channel)
         # Consume where the listener is (its node holds the queue), following it when it fails over.
         self._consumer = Consumer(
-            lambda: str(getattr(listener, "url", "")), name, LISTEN_PREFETCH, self._drain
+            lambda: str(getattr(listener, "url", "")), name, LISTEN_PREFETCH, self._drain, self._redeclare
         )
         await self._consumer.start()
         listener.reconnect_callbacks.add(self._reconnected)
         self._ready.set()
+
+    async def _declare(self, channel: aio_pika.abc.AbstractRobustChannel) -> None:
+        """Declare, on ``channel``, the exchange, this instance's queue and
+        its bindings: ``control.#`` and every user bound here.
+
+        Not exclusive, so a short disconnect keeps the queue and what it
+        holds; it expires a minute after its instance is gone for good. Not
+        durable, and a classic queue: it lives on the node we are connected
+        to, and goes when that node dies. That is fine: it is this
+        instance's alone, and everything it held is in the streams. After
+        failing over to another node, aio-pika declares it there again with
+        its bindings, our consumer consumes it there again (consumer.py), and
+        the feed reads the streams past its cursors (_reconnected)."""
+        exchange = await channel.declare_exchange(self.channel, aio_pika.ExchangeType.TOPIC, durable=True)
+        queue = await channel.declare_queue(self.settings.instance_queue(), arguments={"x-expires": 60_000})
+        await queue.bind(exchange, "control.#")
+        for user in sorted(self._bound):
+            await queue.bind(exchange, "user." + user)
+        self._channel, self._listen_exchange, self._queue = channel, exchange, queue
+
+    async def _redeclare(self) -> None:
+        """The queue went missing and nothing brought it back (the consumer
+        waited ``MISSING_GRACE``): aio-pika restores a channel after a
+        failover, but a race in it can leave one unrestored, the queue gone
+        with its node. Declare it again on a new channel, with its
+        bindings, and catch up from the streams: what was published while
+        it was missing reached no queue of ours."""
+        assert self._listener is not None
+        async with self._binding:
+            old = self._channel
+            await self._declare(await self._listener.channel())
+            if old is not None:
+                with contextlib.suppress(Exception):  # broken already, most likely
+                    await old.close()
+        await self._reconnected(None)
 
     async def _reconnected(self, _connection: Any) -> None:
         log.warning("reconnected to RabbitMQ; catching up from the inbox streams")
@@ -245,12 +269,15 @@ class _TopicTransport(AsyncPubSubManager):
     async def _bind(self, user: str, bind: bool) -> None:
         async with asyncio.timeout(10):
             await self._ready.wait()
-        assert self._queue is not None and self._listen_exchange is not None
         key = "user." + user
-        if bind:
-            await self._queue.bind(self._listen_exchange, key)
-        else:
-            await self._queue.unbind(self._listen_exchange, key)
+        async with self._binding:
+            assert self._queue is not None and self._listen_exchange is not None
+            if bind:
+                await self._queue.bind(self._listen_exchange, key)
+                self._bound.add(user)
+            else:
+                self._bound.discard(user)
+                await self._queue.unbind(self._listen_exchange, key)
 
     async def close(self) -> None:
         if self._consumer is not None:
