@@ -59,6 +59,7 @@ from .tables import Table, wait_until
 START_TIMEOUT = 60.0  # seconds for a node to boot (about 6 s alone; longer when three share 2 cores)
 COMMAND_TIMEOUT = 60.0  # seconds for one rabbitmqctl call
 STOP_TIMEOUT = 30.0  # seconds for a graceful stop before a kill
+ELECTION_WAIT = 30.0  # seconds a quorum queue may take to show a live leader after its leader died
 RABBITMQ_USER = "rabbitmq"  # who Debian's scripts run the broker as
 
 
@@ -320,8 +321,13 @@ class RabbitCluster:
     async def leader(self, queue: str, vhost: str = "/") -> RabbitNode:
         """The node that leads ``queue``: a quorum queue's Raft leader, which
         takes its publishes and delivers to its consumers; for a classic
-        queue, the one node that holds it (it lives and dies there)."""
-        found = await self._queue(queue, vhost)
+        queue, the one node that holds it (it lives and dies there).
+
+        Just after its leader died, a quorum queue is missing from
+        ``list_queues`` or still names the dead node while the others elect
+        a new one: this waits for a live leader, ``ELECTION_WAIT`` seconds
+        at most (LookupError after that, or for a queue that is not there)."""
+        found = await self._elected(queue, vhost)
         if found["type"] == "quorum":
             return self.node(found["leader"])
         # A classic queue's row names no node: ask each live node for the queues it hosts.
@@ -364,6 +370,21 @@ class RabbitCluster:
             for c in consumers
             if c["queue_name"] == queue and channels.get(c["channel_pid"]) in ports
         ]
+
+    async def _elected(self, queue: str, vhost: str) -> dict[str, Any]:
+        """``_queue``'s row, once a quorum queue has a live leader."""
+        deadline = asyncio.get_running_loop().time() + ELECTION_WAIT
+        while True:
+            try:
+                found = await self._queue(queue, vhost)
+                if found["type"] != "quorum" or found.get("leader") not in (None, "", *self._down):
+                    return found
+                problem = f"{queue!r} has no live leader yet ({found.get('leader')!r})"
+            except LookupError as exc:
+                problem = str(exc)
+            if asyncio.get_running_loop().time() > deadline:
+                raise LookupError(f"{problem}, {ELECTION_WAIT:.0f} s after asking")
+            await asyncio.sleep(0.5)
 
     async def _queue(self, queue: str, vhost: str) -> dict[str, Any]:
         columns = ("name", "type", "leader", "members")
