@@ -373,18 +373,21 @@ class RabbitCluster:
 
     async def _elected(self, queue: str, vhost: str) -> dict[str, Any]:
         """``_queue``'s row, once a quorum queue has a live leader."""
-        deadline = asyncio.get_running_loop().time() + ELECTION_WAIT
-        while True:
+
+        async def live() -> dict[str, Any] | None:
             try:
                 found = await self._queue(queue, vhost)
-                if found["type"] != "quorum" or found.get("leader") not in (None, "", *self._down):
-                    return found
-                problem = f"{queue!r} has no live leader yet ({found.get('leader')!r})"
-            except LookupError as exc:
-                problem = str(exc)
-            if asyncio.get_running_loop().time() > deadline:
-                raise LookupError(f"{problem}, {ELECTION_WAIT:.0f} s after asking")
-            await asyncio.sleep(0.5)
+            except LookupError:
+                return None
+            if found["type"] != "quorum" or found.get("leader") not in (None, "", *self._down):
+                return found
+            return None
+
+        try:
+            return await wait_until(live, ELECTION_WAIT, interval=0.5)
+        except TimeoutError as exc:
+            wait = f"{ELECTION_WAIT:.0f} s"
+            raise LookupError(f"{queue!r} shows no live leader {wait} after asking: {exc}") from None
 
     async def _queue(self, queue: str, vhost: str) -> dict[str, Any]:
         columns = ("name", "type", "leader", "members")
