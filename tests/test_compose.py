@@ -42,7 +42,7 @@ import aiohttp
 import pytest
 import yaml
 
-from notifylab.config import Settings
+from notifylab.config import ConfigError, Settings
 from notifylab.lab import balancer
 from notifylab.lab.redis_sentinel import RedisServer, ask
 from notifylab.redisurl import is_sentinel_url, parse_sentinel_url
@@ -223,25 +223,19 @@ def stub_calls(folder: Path) -> list[list[str]]:
 
 
 def nginx_binary() -> str:
-    """nginx, or skip where it is absent; under CI (CI set) absence fails."""
-    exe = shutil.which("nginx") or next(
-        (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(p, os.X_OK)), None
-    )
-    if exe is None:
+    """nginx (``lab.balancer``'s), or skip where it is absent; under CI (CI set) absence fails."""
+    try:
+        return balancer.nginx_binary()
+    except ConfigError as exc:
         if os.environ.get("CI"):
-            pytest.fail("nginx is not installed (apt-get install -y nginx) and CI is set")
-        pytest.skip("nginx is not installed (apt-get install -y nginx)")
-    return exe
+            pytest.fail(f"{exc}, and CI is set")
+        pytest.skip(str(exc))
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def render_native(rundir: Path, ports: list[int], lb_port: int) -> Path:
-    return balancer.render(rundir, ports, lb_port)
 
 
 def nginx_test(exe: str, conf: Path, prefix: Path) -> subprocess.CompletedProcess:
@@ -716,7 +710,7 @@ def test_nginx_ha_config_is_the_compose_one_with_the_ha_upstreams():
 
 def test_nginx_accepts_the_native_template(tmp_path):
     exe = nginx_binary()
-    conf = render_native(tmp_path, [free_port(), free_port(), free_port()], free_port())
+    conf = balancer.render(tmp_path, [free_port(), free_port(), free_port()], free_port())
     assert "${" not in "\n".join(nginx_directives(conf.read_text()))
     result = nginx_test(exe, conf, tmp_path)
     assert result.returncode == 0, result.stderr
@@ -726,14 +720,14 @@ def test_the_native_balancer_is_the_compose_one_on_loopback(tmp_path):
     # Two copies of one balancer: what differs is only where its files go,
     # where it listens and which instances it knows.
     local = re.compile(r"^(pid|error_log|access_log|\w+_temp_path|listen|server \S+:\d+ )")
-    rendered = nginx_directives(render_native(tmp_path, [8081, 8082, 8083], 8080).read_text())
+    rendered = nginx_directives(balancer.render(tmp_path, [8081, 8082, 8083], 8080).read_text())
     assert [line for line in rendered if not local.match(line)] == [
         line for line in nginx_directives(NGINX_CONF.read_text()) if not local.match(line)
     ]
     servers = [line for line in rendered if line.startswith("server 127.0.0.1:")]
     assert servers == [f"server 127.0.0.1:{p} max_fails=1 fail_timeout=10s;" for p in (8081, 8082, 8083)]
     with pytest.raises(ValueError):
-        render_native(tmp_path, [], 8080)
+        balancer.render(tmp_path, [], 8080)
 
 
 def test_nginx_accepts_the_compose_config(tmp_path):
@@ -790,7 +784,7 @@ def backend(name: str) -> http.server.ThreadingHTTPServer:
 def native_lb(tmp_path: Path, backends: list[http.server.ThreadingHTTPServer]):
     """The native balancer in front of ``backends``; yields GET(path, headers) through it."""
     lb_port = free_port()
-    conf = render_native(tmp_path, [srv.server_address[1] for srv in backends], lb_port)
+    conf = balancer.render(tmp_path, [srv.server_address[1] for srv in backends], lb_port)
     nginx_binary()  # skips, or fails under CI, without nginx
     with open(tmp_path / "nginx.out", "w") as out:
         proc = subprocess.Popen(balancer.command(tmp_path, conf), stdout=out, stderr=subprocess.STDOUT)
