@@ -331,7 +331,6 @@ class Target:
         self.proc: asyncio.subprocess.Process | None = None
         self.url = ""
         self.port = 0
-        self.log_path: Path | None = None
         self.log_paths: list[Path | None] = []
         self.pids: list[int] = []  # the server processes (two behind a balancer)
         self.instance_urls: list[str] = []  # behind a balancer: each instance's own
@@ -372,9 +371,9 @@ class Target:
             args = [str(HERE / "bare_server.py"), str(port)]
         if self.kind == "bare" and not self.deflate:
             args.append("--no-compression")
-        self.log_path = self.log_dir / f"{self.name}-{port}.log"
-        self.log_paths = [self.log_path]
-        with open(self.log_path, "ab") as out:  # noqa: ASYNC230 (a local file, before the child starts)
+        log_path = self.log_dir / f"{self.name}-{port}.log"
+        self.log_paths = [log_path]
+        with open(log_path, "ab") as out:  # noqa: ASYNC230 (a local file, before the child starts)
             self.proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 *args,
